@@ -1,0 +1,3 @@
+from devmesh.cli.main import run
+
+run()

@@ -1,0 +1,152 @@
+"""The admin API application.
+
+Reads are open on loopback; every write needs `Authorization: Bearer <token>` with the token from
+`.devmesh/token`, so a web page open in the developer's browser cannot drive the agent. Requests whose
+Host is not a loopback name are refused too, which defeats DNS rebinding.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Protocol
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+
+from devmesh import __version__
+from devmesh.admin.models import ActionResult, Problem, Registration, ServiceStatus, StatusDocument
+from devmesh.config.schema import HealthSection
+from devmesh.supervisor.manager import SupervisorError
+
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+class AgentControl(Protocol):
+    """What the admin API needs of the agent."""
+
+    @property
+    def token(self) -> str: ...
+
+    def status(self) -> StatusDocument: ...
+
+    async def start_service(self, name: str) -> list[str]: ...
+
+    async def stop_service(self, name: str) -> None: ...
+
+    async def restart_service(self, name: str) -> None: ...
+
+    def register(
+        self, name: str, *, port: int, version: str | None, health: HealthSection | None
+    ) -> None: ...
+
+    async def unregister(self, name: str) -> None: ...
+
+
+def _host_is_loopback(host_header: str) -> bool:
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host in _LOOPBACK_HOSTS or host.endswith(".localhost")
+
+
+def create_admin_app(agent: AgentControl) -> FastAPI:
+    app = FastAPI(
+        title="devmesh admin API",
+        version=__version__,
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+
+    @app.middleware("http")
+    async def loopback_only(request: Request, call_next):  # type: ignore[no-untyped-def]
+        client = request.client.host if request.client else ""
+        if client not in ("127.0.0.1", "::1", "testclient") and not client.startswith("127."):
+            return JSONResponse({"error": "the admin API answers on loopback only"}, status_code=403)
+        if not _host_is_loopback(request.headers.get("host", "")):
+            return JSONResponse(
+                {"error": "the admin API answers only to loopback host names"}, status_code=403
+            )
+        return await call_next(request)
+
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        expected = agent.token
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), expected):
+            raise HTTPException(
+                status_code=401,
+                detail="this request needs the project's token: Authorization: Bearer <.devmesh/token>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    writes = [Depends(require_token)]
+    problems: dict[int | str, dict[str, object]] = {
+        401: {"model": Problem},
+        404: {"model": Problem},
+        409: {"model": Problem},
+    }
+
+    @app.exception_handler(SupervisorError)
+    async def supervisor_error(_request: Request, error: SupervisorError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, object]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/api/v1/status")
+    async def status() -> StatusDocument:
+        return agent.status()
+
+    @app.get("/api/v1/services")
+    async def services() -> list[ServiceStatus]:
+        return agent.status().services
+
+    @app.get("/api/v1/services/{name}", responses={404: {"model": Problem}})
+    async def service(name: str) -> ServiceStatus:
+        for entry in agent.status().services:
+            if entry.name == name:
+                return entry
+        raise HTTPException(status_code=404, detail=f"no service named {name!r}")
+
+    @app.post("/api/v1/services/{name}/start", dependencies=writes, responses=problems)
+    async def start(name: str) -> ActionResult:
+        started = await agent.start_service(name)
+        return ActionResult(service=name, action="start", started=started)
+
+    @app.post("/api/v1/services/{name}/stop", dependencies=writes, responses=problems)
+    async def stop(name: str) -> ActionResult:
+        await agent.stop_service(name)
+        return ActionResult(service=name, action="stop")
+
+    @app.post("/api/v1/services/{name}/restart", dependencies=writes, responses=problems)
+    async def restart(name: str) -> ActionResult:
+        await agent.restart_service(name)
+        return ActionResult(service=name, action="restart")
+
+    @app.post("/api/v1/register", dependencies=writes, responses=problems, status_code=201)
+    async def register(body: Registration) -> ActionResult:
+        health = HealthSection(http=body.health) if isinstance(body.health, str) else body.health
+        agent.register(body.name, port=body.port, version=body.version, health=health)
+        return ActionResult(service=body.name, action="register")
+
+    @app.delete("/api/v1/register/{name}", dependencies=writes, responses=problems)
+    async def unregister(name: str) -> ActionResult:
+        await agent.unregister(name)
+        return ActionResult(service=name, action="unregister")
+
+    @app.get("/api/v1/peers")
+    async def peers() -> list[dict[str, object]]:
+        return agent.status().peers
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> Response:
+        return JSONResponse({"devmesh": __version__, "api": "/api/v1/status", "openapi": "/api/openapi.json"})
+
+    return app

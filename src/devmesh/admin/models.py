@@ -1,0 +1,62 @@
+"""The admin API's request and response bodies (these shape the OpenAPI document)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from devmesh.config.schema import HealthSection, Port
+
+
+class ServiceStatus(BaseModel):
+    name: str
+    origin: str
+    state: str
+    health: str
+    pid: int | None
+    port: int | None
+    url: str | None
+    version: str | None
+    hosts: list[str]
+    restarts: int
+    detail: str | None = None
+
+
+class AgentInfo(BaseModel):
+    pid: int
+    config: str
+    files: list[str]
+    admin: str
+    listen: str | None
+    config_error: str | None = None
+    revision: int
+
+
+class StatusDocument(BaseModel):
+    mesh: str
+    agent: AgentInfo | None
+    services: list[ServiceStatus]
+    peers: list[dict[str, object]] = Field(default_factory=list)
+
+
+class Registration(BaseModel):
+    """An external process joining the mesh: `{name, port, version, health}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    port: Port
+    version: str | None = None
+    health: str | HealthSection | None = Field(
+        default=None, description='a path for an HTTP check ("/health") or a health table as in the config'
+    )
+
+
+class ActionResult(BaseModel):
+    ok: bool = True
+    service: str
+    action: str
+    started: list[str] = Field(default_factory=list)
+
+
+class Problem(BaseModel):
+    error: str

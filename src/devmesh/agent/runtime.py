@@ -1,0 +1,375 @@
+"""The agent's lifecycle: start (guardian, admin API, services), run until a signal, shut down in order.
+
+Start-up order matters for "no orphans": leftovers of an earlier agent are stopped first, the guardian
+starts before the first child, and the agent record is written only once the admin API answers, so the
+CLI never talks to a half-started agent. Shutdown runs the same steps backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import psutil
+
+from devmesh import const
+from devmesh.admin.models import AgentInfo, ServiceStatus, StatusDocument
+from devmesh.agent.paths import (
+    AgentRecord,
+    StatePaths,
+    read_agent_record,
+    read_or_create_token,
+    remove_agent_record,
+    write_agent_record,
+)
+from devmesh.config import ConfigError, LoadedConfig, load_config
+from devmesh.config.schema import HealthSection
+from devmesh.config.units import Address
+from devmesh.mesh.snapshot import Health, MeshState, ServiceView
+from devmesh.supervisor.guardian import Guardian
+from devmesh.supervisor.logs import LogSink
+from devmesh.supervisor.manager import Supervisor
+from devmesh.supervisor.process import signal_group
+from devmesh.supervisor.reaper import owner_marker, reap_project
+
+
+class AgentError(Exception):
+    """The agent cannot start; the message says why and what to do."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_tcp(address: Address, *, purpose: str, key: str) -> socket.socket:
+    """A listening socket for `address`, or an AgentError naming the config key to change."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(1024)
+    except OSError as error:
+        sock.close()
+        raise AgentError(
+            f"cannot listen on {address} for the {purpose}: {error.strerror or error} "
+            f"(is another devmesh running? change {key} in devmesh.toml, or stop what holds the port)"
+        ) from None
+    sock.setblocking(False)
+    return sock
+
+
+class _EmbeddedUvicorn:
+    """uvicorn on the agent's loop, without uvicorn's own signal handling (the agent owns signals)."""
+
+    def __init__(self, app: object, sock: socket.socket) -> None:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):  # type: ignore[no-untyped-def]
+                yield
+
+        self._sock = sock
+        self._server = Server(
+            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, loop="none", ws="none")  # type: ignore[arg-type]
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise AgentError("the admin API stopped while starting")
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._task, const.AGENT_STOP_TIMEOUT_S)
+        self._sock.close()
+
+
+class Agent:
+    """One project's agent. `run()` returns the process exit code."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        services: Sequence[str] | None = None,
+        terminal: TextIO | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.paths = StatePaths(loaded.project_dir)
+        self._requested = list(services) if services else None
+        self._terminal = terminal if terminal is not None else sys.stdout
+        self._token = ""
+        self._stop_event: asyncio.Event | None = None
+        self._signals_seen = 0
+        self.state = MeshState(loaded.mesh_name, loaded.config.mesh.domain)
+        self.config_error: str | None = None
+        self.supervisor: Supervisor | None = None
+        self.admin_address: Address | None = None
+        self._publish_scheduled = False
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        config = self.loaded.config
+        self.paths.ensure()
+        running = read_agent_record(self.paths)
+        if running is not None:
+            raise AgentError(
+                f"devmesh is already running for {self.loaded.project_dir} (pid {running.pid}); "
+                "use `devmesh status`, or `devmesh down` to stop it"
+            )
+        if self._requested:
+            unknown = [name for name in self._requested if name not in config.services]
+            if unknown:
+                raise AgentError(
+                    f"no service named {', '.join(map(repr, unknown))} in {self.loaded.path.name} "
+                    f"(services: {', '.join(config.services) or 'none'})"
+                )
+        if not _is_loopback(config.proxy.admin.host):
+            raise AgentError(
+                f"[proxy] admin = {str(config.proxy.admin)!r} is not a loopback address; the admin API "
+                "controls your processes and must stay on 127.0.0.1 or ::1"
+            )
+        logs = LogSink(self.paths.log_dir, terminal=self._terminal)
+        reaped = await asyncio.to_thread(reap_project, self.loaded.project_dir)
+        if reaped:
+            logs.agent(f"stopped {reaped} process(es) left behind by an earlier devmesh agent")
+        for warning in self.loaded.warnings:
+            logs.agent(f"warning: {warning}")
+        self._token = read_or_create_token(self.paths)
+        admin_socket = bind_tcp(config.proxy.admin, purpose="admin API", key="[proxy] admin")
+        host, port = admin_socket.getsockname()[:2]
+        self.admin_address = Address(host, port)
+        guardian = await Guardian.start(owner_marker(self.loaded.project_dir, os.getpid()))
+        from devmesh.admin.app import create_admin_app
+
+        admin = _EmbeddedUvicorn(create_admin_app(self), admin_socket)
+        self.supervisor = Supervisor(
+            config,
+            project_dir=self.loaded.project_dir,
+            owner=owner_marker(self.loaded.project_dir, os.getpid()),
+            logs=logs,
+            on_change=self._schedule_publish,
+        )
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await admin.start()
+            write_agent_record(
+                self.paths,
+                AgentRecord(
+                    pid=os.getpid(),
+                    create_time=psutil.Process().create_time(),
+                    admin=str(self.admin_address),
+                    listen=None,
+                    config=str(self.loaded.path),
+                ),
+            )
+            logs.agent(f"admin API on http://{self.admin_address} (mesh {self.loaded.mesh_name!r})")
+            started_at = time.monotonic()
+            order = self.supervisor.up(self._requested)
+            self._publish()
+            tasks.append(loop.create_task(self._announce_ready(order, started_at, logs)))
+            tasks.append(loop.create_task(self._watch_config(logs)))
+            await self._stop_event.wait()
+            logs.agent("stopping services...")
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.supervisor.down()
+            await admin.stop()
+            await guardian.close()
+            remove_agent_record(self.paths, os.getpid())
+            logs.agent("stopped")
+            logs.close()
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+        return 0
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals_seen += 1
+        if self._stop_event is not None:
+            self._stop_event.set()
+        if self._signals_seen >= 2 and signum == signal.SIGINT:
+            # A second Ctrl-C: the user will not wait for graceful stops.
+            self._kill_all_now()
+
+    def _kill_all_now(self) -> None:
+        if self.supervisor is None:
+            return
+        for runner in self.supervisor.runners.values():
+            if runner.pid is not None:
+                signal_group(runner.pid, signal.SIGKILL)
+
+    async def _announce_ready(self, order: list[str], started_at: float, logs: LogSink) -> None:
+        assert self.supervisor is not None
+        runners = [self.supervisor.runners[name] for name in order]
+        await asyncio.gather(*(runner.wait_healthy() for runner in runners))
+        elapsed = time.monotonic() - started_at
+        logs.agent(f"ready: {len(runners)} service(s) healthy in {elapsed:.2f}s")
+        for entry in self.status().services:
+            if entry.name in order and entry.url:
+                logs.agent(f"  {entry.name:<16} {entry.url}")
+
+    async def _watch_config(self, logs: LogSink) -> None:
+        from watchfiles import awatch
+
+        project_dir = self.loaded.project_dir
+
+        def is_config(_change: object, path: str) -> bool:
+            candidate = Path(path)
+            if candidate.parent != project_dir:
+                return False
+            name = candidate.name
+            return name == ".env" or (
+                name.startswith("devmesh.") and name.endswith((".toml", ".yaml", ".yml"))
+            )
+
+        async for _changes in awatch(
+            project_dir,
+            watch_filter=is_config,
+            debounce=const.CONFIG_RELOAD_DEBOUNCE_MS,
+            step=25,
+            recursive=False,
+        ):
+            await self.reload(logs)
+
+    async def reload(self, logs: LogSink) -> None:
+        """Apply the config on disk; an invalid one is reported and the running config kept."""
+        assert self.supervisor is not None
+        try:
+            loaded = await asyncio.to_thread(load_config, self.loaded.path, env_name=self.loaded.env_name)
+        except ConfigError as error:
+            self.config_error = str(error)
+            logs.agent(f"config error; keeping the running config:\n{error}")
+            self._publish()
+            return
+        self.config_error = None
+        previous = self.loaded.config
+        self.loaded = loaded
+        if loaded.config.proxy != previous.proxy or loaded.config.mesh != previous.mesh:
+            logs.agent("[mesh] and [proxy] changes take effect after `devmesh down` and `devmesh up`")
+        summary = await self.supervisor.apply(loaded.config)
+        logs.agent(f"config reloaded: {summary}")
+        self._publish()
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def _schedule_publish(self) -> None:
+        if self._publish_scheduled:
+            return
+        self._publish_scheduled = True
+        asyncio.get_running_loop().call_soon(self._publish)
+
+    def _publish(self) -> None:
+        self._publish_scheduled = False
+        if self.supervisor is None:
+            return
+        self.state.publish(
+            self.supervisor.views(self.loaded.config.mesh.domain),
+            mesh=self.loaded.mesh_name,
+            domain=self.loaded.config.mesh.domain,
+            config_error=self.config_error,
+        )
+
+    def status(self) -> StatusDocument:
+        views: dict[str, ServiceView] = (
+            self.supervisor.views(self.loaded.config.mesh.domain) if self.supervisor else {}
+        )
+        return StatusDocument(
+            mesh=self.loaded.mesh_name,
+            agent=AgentInfo(
+                pid=os.getpid(),
+                config=str(self.loaded.path),
+                files=[str(path) for path in self.loaded.files],
+                admin=str(self.admin_address),
+                listen=None,
+                config_error=self.config_error,
+                revision=self.state.snapshot.revision,
+            ),
+            services=[self._service_status(view) for view in views.values()],
+        )
+
+    def _service_status(self, view: ServiceView) -> ServiceStatus:
+        url = None
+        if view.port is not None:
+            url = f"http://127.0.0.1:{view.port}"
+        return ServiceStatus(
+            name=view.name,
+            origin=view.origin.value,
+            state=view.state.value,
+            health=view.health.value,
+            pid=view.pid,
+            port=view.port,
+            url=url,
+            version=view.version,
+            hosts=list(view.hosts),
+            restarts=view.restarts,
+            detail=view.detail if view.health != Health.HEALTHY else None,
+        )
+
+    # -- control (the admin API calls these) ---------------------------------------------------------
+
+    async def start_service(self, name: str) -> list[str]:
+        assert self.supervisor is not None
+        return await self.supervisor.start_service(name)
+
+    async def stop_service(self, name: str) -> None:
+        assert self.supervisor is not None
+        await self.supervisor.stop_service(name)
+
+    async def restart_service(self, name: str) -> None:
+        assert self.supervisor is not None
+        await self.supervisor.restart_service(name)
+
+    def register(self, name: str, *, port: int, version: str | None, health: HealthSection | None) -> None:
+        assert self.supervisor is not None
+        self.supervisor.register(name, port=port, version=version, health=health)
+
+    async def unregister(self, name: str) -> None:
+        assert self.supervisor is not None
+        await self.supervisor.unregister(name)
+
+
+def run_agent(loaded: LoadedConfig, *, services: Sequence[str] | None = None) -> int:
+    """Run an agent in the foreground on uvloop (where available) until a signal stops it."""
+    agent = Agent(loaded, services=services)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is not built for every platform
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(agent.run())

@@ -1,0 +1,42 @@
+"""Every timeout, interval and limit of devmesh, in one place, with its unit in its name.
+
+Tests patch these smaller through fixtures instead of sleeping.
+"""
+
+from __future__ import annotations
+
+# Config
+CONFIG_NAMES = ("devmesh.toml", "devmesh.yaml", "devmesh.yml")
+STATE_DIR_NAME = ".devmesh"
+CONFIG_RELOAD_DEBOUNCE_MS = 100
+
+# Default addresses (DESIGN §2)
+DEFAULT_LISTEN = "127.0.0.1:7080"
+DEFAULT_ADMIN = "127.0.0.1:7070"
+DEFAULT_MESH = "0.0.0.0:7090"
+
+# Supervisor
+STOP_GRACE_S = 5.0
+KILL_WAIT_S = 2.0
+RESTART_BACKOFF_INITIAL_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_BACKOFF_RESET_AFTER_S = 60.0
+WATCH_DEBOUNCE_MS = 200
+LOG_TAIL_LINES = 200
+
+# Health
+HEALTH_INTERVAL_S = 2.0
+HEALTH_TIMEOUT_S = 1.0
+HEALTH_UNHEALTHY_AFTER = 3
+# While a service is starting, probe more often so `up` does not wait a whole interval.
+HEALTH_STARTING_INTERVAL_S = 0.05
+HEALTH_STARTING_INTERVAL_MAX_S = 0.5
+# Without a health check a service started elsewhere is probed on its port at this interval.
+PORT_PROBE_INTERVAL_S = 1.0
+
+# Agent and CLI
+AGENT_START_TIMEOUT_S = 15.0
+AGENT_STOP_TIMEOUT_S = 30.0
+ADMIN_REQUEST_TIMEOUT_S = 5.0
+LOG_FILE_MAX_BYTES = 20 * 1024 * 1024
+LOG_LINE_MAX_BYTES = 64 * 1024

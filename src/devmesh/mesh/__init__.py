@@ -1,0 +1,1 @@
+"""The mesh state: one immutable snapshot of services and endpoints, swapped atomically."""

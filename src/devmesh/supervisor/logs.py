@@ -1,0 +1,136 @@
+"""Merged, coloured, prefixed service logs on the terminal (like docker compose), and a file per service.
+
+Each line in a service's file starts with an ISO-8601 UTC timestamp, so `devmesh logs` can merge the files
+of several services in order and follow them all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TextIO
+
+from devmesh import const
+
+_COLOURS = (36, 33, 32, 35, 34, 91, 96, 93, 92, 95, 94)
+AGENT_LOG_NAME = "devmesh"
+_TIMESTAMP_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z) (.*)$")
+
+
+def colour_enabled(stream: TextIO) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return stream.isatty()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LogSink:
+    """Where every line a service prints goes: the terminal (prefixed) and the service's log file."""
+
+    def __init__(self, log_dir: Path, *, terminal: TextIO | None = None, colour: bool | None = None) -> None:
+        self._log_dir = log_dir
+        self._terminal = terminal if terminal is not None else sys.stdout
+        self._colour = colour_enabled(self._terminal) if colour is None else colour
+        self._files: dict[str, IO[str]] = {}
+        self._colour_of: dict[str, int] = {}
+        self._width = len(AGENT_LOG_NAME)
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def register(self, name: str) -> None:
+        """Reserve a colour and a column width for a service."""
+        if name not in self._colour_of:
+            self._colour_of[name] = _COLOURS[len(self._colour_of) % len(_COLOURS)]
+        self._width = max(self._width, len(name))
+
+    def line(self, name: str, text: str) -> None:
+        """One line of a service's output."""
+        text = text.rstrip("\r\n")
+        self._file(name).write(f"{_now()} {text}\n")
+        self._echo(name, text)
+
+    def agent(self, text: str) -> None:
+        """A line from devmesh itself (service started, crashed, config reloaded...)."""
+        self._file(AGENT_LOG_NAME).write(f"{_now()} {text}\n")
+        self._echo(AGENT_LOG_NAME, text)
+
+    def flush(self) -> None:
+        for handle in self._files.values():
+            handle.flush()
+        self._terminal.flush()
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+
+    def _echo(self, name: str, text: str) -> None:
+        prefix = f"{name:<{self._width}} | "
+        if self._colour:
+            code = 1 if name == AGENT_LOG_NAME else self._colour_of.get(name, 37)
+            prefix = f"\x1b[{code}m{prefix}\x1b[0m"
+        try:
+            self._terminal.write(prefix + text + "\n")
+            self._terminal.flush()
+        except (OSError, ValueError):
+            pass  # a closed terminal must not stop the services
+
+    def _file(self, name: str) -> IO[str]:
+        handle = self._files.get(name)
+        if handle is None:
+            path = log_path(self._log_dir, name)
+            if path.exists() and path.stat().st_size > const.LOG_FILE_MAX_BYTES:
+                path.replace(path.with_suffix(".log.1"))
+            handle = path.open("a", encoding="utf-8", buffering=1, errors="replace")
+            self._files[name] = handle
+        return handle
+
+
+def log_path(log_dir: Path, name: str) -> Path:
+    return log_dir / f"{name}.log"
+
+
+def parse_line(raw: str) -> tuple[str, str]:
+    """(timestamp, text) of a log file line; lines without a timestamp sort first."""
+    match = _TIMESTAMP_RE.match(raw.rstrip("\n"))
+    if match is None:
+        return ("", raw.rstrip("\n"))
+    return (match.group(1), match.group(2))
+
+
+def tail_lines(path: Path, count: int) -> list[str]:
+    """The last `count` lines of a file, read from its end."""
+    if count <= 0 or not path.exists():
+        return []
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        block = 64 * 1024
+        data = b""
+        position = size
+        while position > 0 and data.count(b"\n") <= count:
+            step = min(block, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + data
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[-count:]
+
+
+def merged_tail(files: dict[str, Path], count: int) -> Iterator[tuple[str, str, str]]:
+    """The last `count` lines of several services' files as (timestamp, service, text), in time order."""
+    entries: list[tuple[str, str, str]] = []
+    for name, path in files.items():
+        for raw in tail_lines(path, count):
+            stamp, text = parse_line(raw)
+            entries.append((stamp, name, text))
+    entries.sort(key=lambda entry: entry[0])
+    yield from entries[-count:]

@@ -1,0 +1,271 @@
+"""The supervisor: every service's runner, started in dependency order, stopped in reverse, and
+reconciled with a new config on hot reload."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devmesh.config.schema import HealthSection, MeshConfig, ServiceSection
+from devmesh.mesh.snapshot import Origin, ServiceView
+from devmesh.supervisor.logs import LogSink
+from devmesh.supervisor.ports import PortAllocator
+from devmesh.supervisor.runner import ServiceRunner
+from devmesh.supervisor.watch import start_watch
+
+
+class SupervisorError(Exception):
+    """A request the supervisor cannot carry out (unknown service, name taken...), with a status hint."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ReloadSummary:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def __str__(self) -> str:
+        parts = [
+            f"{label} {', '.join(names)}"
+            for label, names in (("added", self.added), ("removed", self.removed), ("changed", self.changed))
+            if names
+        ]
+        return "; ".join(parts) or "no service changed"
+
+
+class Supervisor:
+    """Owns the runners; the agent calls it, the admin API calls it through the agent."""
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        *,
+        project_dir: Path,
+        owner: str,
+        logs: LogSink,
+        on_change: Callable[[], None],
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._project_dir = project_dir
+        self._owner = owner
+        self._logs = logs
+        self._on_change = on_change
+        self._base_env = base_env
+        self._ports = PortAllocator({s.port for s in config.services.values() if s.port is not None})
+        self._config = config
+        self.runners: dict[str, ServiceRunner] = {}
+        self._watches: dict[str, asyncio.Task[None]] = {}
+        self._selected: set[str] | None = None  # None: every service of the config is wanted
+        for name, spec in config.services.items():
+            self.runners[name] = self._make_runner(name, spec)
+
+    # -- queries -------------------------------------------------------------------------------------
+
+    def views(self, domain: str) -> dict[str, ServiceView]:
+        return {name: runner.view(domain) for name, runner in self.runners.items()}
+
+    def closure(self, names: Iterable[str]) -> list[str]:
+        """`names` with everything they depend on, dependencies first."""
+        ordered: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in ordered:
+                return
+            runner = self._runner(name)
+            for dependency in runner.spec.depends_on:
+                visit(dependency)
+            ordered.append(name)
+
+        for name in names:
+            visit(name)
+        return ordered
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def up(self, names: Iterable[str] | None = None) -> list[str]:
+        """Start `names` (default: all) and their dependencies; returns what was started, in order.
+
+        Each runner starts its process once its dependencies are healthy; this call does not wait.
+        """
+        wanted = list(names) if names is not None else list(self.runners)
+        if names is None:
+            self._selected = None
+        elif self._selected is not None:
+            self._selected.update(wanted)
+        else:
+            self._selected = set(wanted)
+        order = self.closure(wanted)
+        if self._selected is not None:
+            self._selected.update(order)
+        for name in order:
+            self._start(name)
+        return order
+
+    async def down(self, names: Iterable[str] | None = None) -> None:
+        """Stop `names` (default: all), each after the services among them that depend on it."""
+        targets = set(names) if names is not None else set(self.runners)
+        stopped = {name: asyncio.Event() for name in targets}
+
+        async def stop_one(name: str) -> None:
+            dependents = [other for other in targets if name in self.runners[other].spec.depends_on]
+            for dependent in dependents:
+                await stopped[dependent].wait()
+            try:
+                await self._stop_watch(name)
+                await self.runners[name].stop()
+            finally:
+                stopped[name].set()
+
+        await asyncio.gather(*(stop_one(name) for name in targets if name in self.runners))
+
+    async def start_service(self, name: str) -> list[str]:
+        """`devmesh run NAME`: start it (and what it depends on)."""
+        self._runner(name)
+        return self.up([name])
+
+    async def stop_service(self, name: str) -> None:
+        runner = self._runner(name)
+        if runner.origin == Origin.REGISTERED:
+            raise SupervisorError(
+                f"{name} was registered by its own process; unregister it instead", status=409
+            )
+        if self._selected is not None:
+            self._selected.discard(name)
+        await self._stop_watch(name)
+        await runner.stop()
+
+    async def restart_service(self, name: str) -> None:
+        runner = self._runner(name)
+        if not runner.spawns:
+            raise SupervisorError(f"{name} is not started by devmesh (it has no command)", status=409)
+        if runner.active:
+            runner.request_restart("restart requested")
+        else:
+            self.up([name])
+
+    # -- registrations -------------------------------------------------------------------------------
+
+    def register(self, name: str, *, port: int, version: str | None, health: HealthSection | None) -> None:
+        existing = self.runners.get(name)
+        if existing is not None and existing.origin != Origin.REGISTERED:
+            raise SupervisorError(f"{name} is a service of the config; pick another name", status=409)
+        spec = ServiceSection(port=port, version=version, health=health)
+        if existing is not None:
+            if existing.spec == spec:
+                return
+            raise SupervisorError(f"{name} is already registered on port {existing.port}", status=409)
+        runner = self._make_runner(name, spec, origin=Origin.REGISTERED)
+        self.runners[name] = runner
+        runner.start()
+        self._on_change()
+
+    async def unregister(self, name: str) -> None:
+        runner = self.runners.get(name)
+        if runner is None or runner.origin != Origin.REGISTERED:
+            raise SupervisorError(f"{name} is not a registered service", status=404)
+        await runner.stop()
+        del self.runners[name]
+        self._on_change()
+
+    # -- hot reload ----------------------------------------------------------------------------------
+
+    async def apply(self, config: MeshConfig) -> ReloadSummary:
+        """Reconcile with a new config: start added services, stop removed ones, restart changed ones."""
+        old = {name: r.spec for name, r in self.runners.items() if r.origin != Origin.REGISTERED}
+        new = dict(config.services)
+        summary = ReloadSummary(
+            added=[name for name in new if name not in old],
+            removed=[name for name in old if name not in new],
+            changed=[name for name in new if name in old and new[name] != old[name]],
+        )
+        self._config = config
+        await self.down(summary.removed + summary.changed)
+        was_active = {name for name in summary.changed if self._wanted(name)}
+        for name in summary.removed:
+            runner = self.runners.pop(name)
+            if runner.port is not None:
+                self._ports.release(runner.port)
+        for name in summary.changed:
+            previous = self.runners[name]
+            keep_port = previous.port if previous.spec.port is None and new[name].port is None else None
+            if previous.port is not None and keep_port is None:
+                self._ports.release(previous.port)
+            self.runners[name] = self._make_runner(name, new[name], port=keep_port)
+        for name in summary.added:
+            registered = self.runners.pop(name, None)
+            if registered is not None:
+                self._logs.agent(f"{name} is now in the config; its registration is replaced")
+                await registered.stop()
+            self.runners[name] = self._make_runner(name, new[name])
+        to_start = [name for name in summary.added if self._selected is None] + sorted(was_active)
+        if to_start:
+            self._start_all(to_start)
+        self._on_change()
+        return summary
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _wanted(self, name: str) -> bool:
+        return self._selected is None or name in self._selected
+
+    def _start_all(self, names: list[str]) -> None:
+        for name in self.closure(names):
+            self._start(name)
+
+    def _start(self, name: str) -> None:
+        runner = self.runners[name]
+        runner.start(after=[self.runners[dependency] for dependency in runner.spec.depends_on])
+        if runner.spec.watch and name not in self._watches:
+            root = self._project_dir / runner.spec.cwd if runner.spec.cwd else self._project_dir
+
+            def restart(paths: list[Path], runner: ServiceRunner = runner, root: Path = root) -> None:
+                shown = ", ".join(
+                    str(path.relative_to(root)) for path in paths[:3] if path.is_relative_to(root)
+                )
+                runner.request_restart(f"files changed ({shown or len(paths)})")
+
+            self._watches[name] = start_watch(root, list(runner.spec.watch), restart)
+
+    async def _stop_watch(self, name: str) -> None:
+        task = self._watches.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _runner(self, name: str) -> ServiceRunner:
+        runner = self.runners.get(name)
+        if runner is None:
+            known = ", ".join(sorted(self.runners)) or "none"
+            raise SupervisorError(f"no service named {name!r} (services: {known})", status=404)
+        return runner
+
+    def _make_runner(
+        self, name: str, spec: ServiceSection, *, port: int | None = None, origin: Origin = Origin.LOCAL
+    ) -> ServiceRunner:
+        if spec.port is not None:
+            port = spec.port
+            self._ports.reserve(port)
+        elif port is None and spec.command is not None:
+            port = self._ports.allocate()
+        return ServiceRunner(
+            name,
+            spec,
+            port=port,
+            project_dir=self._project_dir,
+            owner=self._owner,
+            logs=self._logs,
+            on_change=self._on_change,
+            base_env=self._base_env,
+            origin=origin,
+        )

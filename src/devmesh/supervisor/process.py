@@ -1,0 +1,150 @@
+"""Spawning a service's command in its own process group, and stopping the whole group.
+
+Each child gets a new session (so Ctrl-C on the terminal reaches only the agent, which stops children in
+dependency order) and the environment marker `DEVMESH_OWNER`, which its own children inherit: the reaper
+finds every process of a project by it, even one that left the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from devmesh import const
+
+OWNER_ENV = "DEVMESH_OWNER"
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    """A running child: the asyncio process and its process group."""
+
+    process: asyncio.subprocess.Process
+    pgid: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def build_argv(command: str | Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """The argv for a command: a string runs through `sh -c` (so `$PORT`, pipes and `&&` work, as in a
+    Procfile); a list runs as is, with `$NAME` / `${NAME}` items expanded from `env`."""
+    if isinstance(command, str):
+        if sys.platform == "win32":  # pragma: no cover - devmesh supervises on POSIX
+            return shlex.split(command)
+        # `exec` makes the service itself the group leader: its pid is the one `status` shows and
+        # signals reach it directly rather than through a shell that may not forward them.
+        return ["/bin/sh", "-c", f"exec {command}" if _is_simple_command(command) else command]
+    expanded: list[str] = []
+    for item in command:
+        for name, value in env.items():
+            item = item.replace("${" + name + "}", value).replace("$" + name, value) if "$" in item else item
+        expanded.append(item)
+    return expanded
+
+
+_SHELL_SYNTAX = set(";&|<>()`\n") | {"$("}
+
+
+def _is_simple_command(command: str) -> bool:
+    """A single command without shell operators, which `exec` can replace the shell with."""
+    if any(token in command for token in _SHELL_SYNTAX):
+        return False
+    words = command.split()
+    return (
+        bool(words) and "=" not in words[0] and words[0] not in {"exec", "cd", "export", "set", "source", "."}
+    )
+
+
+async def spawn(
+    command: str | Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+) -> Spawned:
+    """Start `command` in a new session with stdout and stderr merged into one pipe."""
+    argv = build_argv(command, env)
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=str(cwd),
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    # With start_new_session the child is the leader of a new group whose id is its pid.
+    return Spawned(process=process, pgid=process.pid)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still alive (zombies do not count).
+
+    A grandchild orphaned by its group leader becomes a zombie of init, which may reap it late; signal 0
+    still reaches a zombie, so on Linux the group is read from /proc instead.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not os.path.isdir("/proc/self"):
+        return True
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # Fields after the command name (which may hold spaces): state, ppid, pgrp, ...
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+async def stop_group(spawned: Spawned, *, grace_s: float) -> int | None:
+    """TERM the whole group, wait up to `grace_s` for all of it to exit, then KILL what is left.
+
+    Returns the leader's exit code (negative for a signal), or None if it could not be collected.
+    """
+    signal_group(spawned.pgid, signal.SIGTERM)
+    deadline = asyncio.get_running_loop().time() + grace_s
+    code = await _wait_leader(spawned, deadline)
+    while group_alive(spawned.pgid) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    if group_alive(spawned.pgid) or code is None:
+        signal_group(spawned.pgid, signal.SIGKILL)
+        if code is None:
+            code = await _wait_leader(spawned, asyncio.get_running_loop().time() + const.KILL_WAIT_S)
+    return code
+
+
+async def _wait_leader(spawned: Spawned, deadline: float) -> int | None:
+    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+    try:
+        return await asyncio.wait_for(asyncio.shield(spawned.process.wait()), timeout)
+    except TimeoutError:
+        return None
+
+
+def reap_group_leftovers(pgid: int) -> None:
+    """After a leader exits on its own, kill what it left behind in its group (no orphans)."""
+    if group_alive(pgid):
+        signal_group(pgid, signal.SIGKILL)

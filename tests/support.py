@@ -1,0 +1,178 @@
+"""Helpers for tests that run devmesh for real: projects in temp folders and agents as child processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devmesh.agent.client import AdminClient
+from devmesh.agent.paths import StatePaths, read_agent_record, read_token
+from devmesh.supervisor.reaper import find_marked, project_key
+
+TINY_SERVICE = Path(__file__).parent / "fixtures" / "tiny_service.py"
+TINY_COMMAND = f"{sys.executable} {TINY_SERVICE}"
+
+
+def wait_for(
+    condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> Any:
+    """Poll `condition` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition} (last: {last!r})")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
+def devmesh(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user does, in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "devmesh", *args],
+        cwd=cwd,
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@dataclass
+class Project:
+    """A devmesh project in a temp folder."""
+
+    root: Path
+
+    def write(self, toml: str, name: str = "devmesh.toml") -> Path:
+        path = self.root / name
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(toml, encoding="utf-8")
+        os.replace(temporary, path)
+        return path
+
+    @property
+    def paths(self) -> StatePaths:
+        return StatePaths(self.root)
+
+    @property
+    def events_file(self) -> Path:
+        return self.root / "events.txt"
+
+    def events(self) -> list[tuple[str, str, int]]:
+        """(event, service, pid) lines written by tiny_service."""
+        if not self.events_file.exists():
+            return []
+        rows = []
+        for line in self.events_file.read_text(encoding="utf-8").splitlines():
+            event, name, pid, *_ = line.split()
+            rows.append((event, name, int(pid)))
+        return rows
+
+    def leftovers(self) -> list[int]:
+        return [process.pid for process in find_marked(project_key(self.root))]
+
+
+@dataclass
+class AgentProcess:
+    """`devmesh up` running as a real child process."""
+
+    project: Project
+    process: subprocess.Popen[bytes]
+    output: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def client(self) -> AdminClient:
+        record = wait_for(lambda: read_agent_record(self.project.paths), what="the agent record")
+        return AdminClient(record, read_token(self.project.paths))
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.client.get("/api/v1/status"))
+
+    def service(self, name: str) -> dict[str, Any]:
+        for entry in self.status()["services"]:
+            if entry["name"] == name:
+                return dict(entry)
+        raise KeyError(name)
+
+    def wait_healthy(self, *names: str, timeout: float = 15.0) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            document = self.status()
+            states = {entry["name"]: entry for entry in document["services"]}
+            wanted = names or tuple(states)
+            return document if all(states.get(n, {}).get("health") == "healthy" for n in wanted) else None
+
+        return dict(wait_for(ready, timeout=timeout, what=f"{names or 'all services'} healthy"))
+
+    def log(self) -> str:
+        return self.output.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(timeout)
+
+
+@contextlib.contextmanager
+def running_agent(
+    project: Project, *args: str, env: dict[str, str] | None = None, expect_clean: bool = True
+) -> Iterator[AgentProcess]:
+    """Start `devmesh up ARGS` in the project; on exit stop it and check that it left no process behind."""
+    output = project.root / "agent-output.txt"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "devmesh", "up", *args],
+            cwd=project.root,
+            env={**os.environ, "NO_COLOR": "1", **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    agent = AgentProcess(project, process, output)
+    try:
+        wait_for(
+            lambda: read_agent_record(project.paths) is not None or process.poll() is not None,
+            timeout=20,
+            what="the agent to start",
+        )
+        if process.poll() is not None:
+            raise AssertionError(f"the agent exited with {process.returncode}:\n{agent.log()}")
+        yield agent
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if expect_clean:
+            wait_for(lambda: not project.leftovers(), timeout=10, what="no process left behind by the agent")
+
+
+def load_json(text: str) -> Any:
+    return json.loads(text)
