@@ -48,7 +48,7 @@ def test_addresses() -> None:
     assert str(Address("::1", 1)) == "[::1]:1"
     assert parse_address(":7080") == Address("127.0.0.1", 7080)
     for bad in ("7080", "host:port", "h:70000", 7080):
-        with pytest.raises(ValueError, match="address|port"):
+        with pytest.raises(ValueError, match=r"address|port"):
             parse_address(bad)
 
 

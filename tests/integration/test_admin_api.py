@@ -147,7 +147,7 @@ def test_an_external_process_registers_and_leaves(agent: AgentProcess) -> None:
 
 def test_register_validates_its_body(agent: AgentProcess) -> None:
     token = agent.project.paths.token_file.read_text().strip()
-    status, body = _request(
+    status, _body = _request(
         agent, "POST", "/api/v1/register", token=token, body={"name": "Bad Name", "port": 0}
     )
     assert status == 422

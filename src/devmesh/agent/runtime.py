@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import importlib
 import ipaddress
 import os
 import signal
@@ -17,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import IO, TextIO
 
 import psutil
 
@@ -142,12 +144,7 @@ class Agent:
             loop.add_signal_handler(signum, self._on_signal, signum)
         config = self.loaded.config
         self.paths.ensure()
-        running = read_agent_record(self.paths)
-        if running is not None:
-            raise AgentError(
-                f"devmesh is already running for {self.loaded.project_dir} (pid {running.pid}); "
-                "use `devmesh status`, or `devmesh down` to stop it"
-            )
+        lock = self._lock()
         if self._requested:
             unknown = [name for name in self._requested if name not in config.services]
             if unknown:
@@ -160,6 +157,7 @@ class Agent:
                 f"[proxy] admin = {str(config.proxy.admin)!r} is not a loopback address; the admin API "
                 "controls your processes and must stay on 127.0.0.1 or ::1"
             )
+        started_at = time.monotonic()
         logs = LogSink(self.paths.log_dir, terminal=self._terminal)
         reaped = await asyncio.to_thread(reap_project, self.loaded.project_dir)
         if reaped:
@@ -170,19 +168,25 @@ class Agent:
         admin_socket = bind_tcp(config.proxy.admin, purpose="admin API", key="[proxy] admin")
         host, port = admin_socket.getsockname()[:2]
         self.admin_address = Address(host, port)
-        guardian = await Guardian.start(owner_marker(self.loaded.project_dir, os.getpid()))
-        from devmesh.admin.app import create_admin_app
-
-        admin = _EmbeddedUvicorn(create_admin_app(self), admin_socket)
+        marker = owner_marker(self.loaded.project_dir, os.getpid())
+        guardian = await Guardian.start(marker)
         self.supervisor = Supervisor(
             config,
             project_dir=self.loaded.project_dir,
-            owner=owner_marker(self.loaded.project_dir, os.getpid()),
+            owner=marker,
             logs=logs,
             on_change=self._schedule_publish,
         )
+        admin: _EmbeddedUvicorn | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
+            # Services first: the admin API's imports (FastAPI, ~0.5 s) happen in a thread while the
+            # children start, so they do not delay the services.
+            order = self.supervisor.up(self._requested)
+            self._publish()
+            tasks.append(loop.create_task(self._announce_ready(order, started_at, logs)))
+            admin_module = await asyncio.to_thread(importlib.import_module, "devmesh.admin.app")
+            admin = _EmbeddedUvicorn(admin_module.create_admin_app(self), admin_socket)
             await admin.start()
             write_agent_record(
                 self.paths,
@@ -195,10 +199,6 @@ class Agent:
                 ),
             )
             logs.agent(f"admin API on http://{self.admin_address} (mesh {self.loaded.mesh_name!r})")
-            started_at = time.monotonic()
-            order = self.supervisor.up(self._requested)
-            self._publish()
-            tasks.append(loop.create_task(self._announce_ready(order, started_at, logs)))
             tasks.append(loop.create_task(self._watch_config(logs)))
             await self._stop_event.wait()
             logs.agent("stopping services...")
@@ -208,14 +208,36 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.supervisor.down()
-            await admin.stop()
+            if admin is not None:
+                await admin.stop()
+            else:
+                admin_socket.close()
             await guardian.close()
             remove_agent_record(self.paths, os.getpid())
             logs.agent("stopped")
             logs.close()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+            lock.close()
         return 0
+
+    def _lock(self) -> IO[bytes]:
+        """Hold `.devmesh/agent.lock` for the agent's life: a second agent for the project fails at once.
+
+        The kernel releases the lock when the process ends, however it ends.
+        """
+        handle = (self.paths.root / "agent.lock").open("a+b")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            running = read_agent_record(self.paths)
+            pid = f" (pid {running.pid})" if running else ""
+            raise AgentError(
+                f"devmesh is already running for {self.loaded.project_dir}{pid}; "
+                "use `devmesh status`, or `devmesh down` to stop it"
+            ) from None
+        return handle
 
     def _on_signal(self, signum: int) -> None:
         self._signals_seen += 1
