@@ -10,23 +10,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import typer
+import click
 
 if TYPE_CHECKING:
     from devmesh.config import LoadedConfig
-
-app = typer.Typer(
-    name="devmesh",
-    help="A local-development service mesh: one command starts every service of a project.\n\n"
-    "Example: devmesh up        (in a folder with a devmesh.toml)",
-    no_args_is_help=True,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -40,33 +29,46 @@ class Options:
         self.env_name = env_name
 
 
-def _version(value: bool) -> None:
-    if value:
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
         from devmesh import __version__
 
-        typer.echo(f"devmesh {__version__}")
-        raise typer.Exit()
+        click.echo(f"devmesh {__version__}")
+        ctx.exit()
 
 
-@app.callback()
-def main(
-    ctx: typer.Context,
-    config_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--file",
-            "-f",
-            help="The config file (default: devmesh.toml found walking up, or $DEVMESH_CONFIG).",
-        ),
-    ] = None,
-    env_name: Annotated[
-        str | None, typer.Option("--env", help="Overlay devmesh.<ENV>.toml (default: $DEVMESH_ENV).")
-    ] = None,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-) -> None:
-    """devmesh: every service of a project, started, supervised and named."""
+class _Commands(click.Group):
+    """Lists commands in the order they are defined (the lifecycle first), not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Example: devmesh up        (in a folder with a devmesh.toml)",
+)
+@click.option(
+    "-f",
+    "--file",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="The config file (default: devmesh.toml found walking up, or $DEVMESH_CONFIG).",
+)
+@click.option("--env", "env_name", help="Overlay devmesh.<ENV>.toml (default: $DEVMESH_ENV).")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version,
+    help="Print the version and exit.",
+)
+@click.pass_context
+def app(ctx: click.Context, config_file: Path | None, env_name: str | None) -> None:
+    """A local-development service mesh: one command starts every service of a project, supervises it,
+    and gives it a stable name."""
     ctx.obj = Options(config_file, env_name)
 
 
@@ -74,11 +76,11 @@ def main(
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    typer.echo(f"devmesh: {message}", err=True)
-    raise typer.Exit(code)
+    click.echo(f"devmesh: {message}", err=True)
+    raise SystemExit(code)
 
 
-def _load(ctx: typer.Context) -> LoadedConfig:
+def _load(ctx: click.Context) -> LoadedConfig:
     from devmesh.config import ConfigError, find_config, load_config
 
     options: Options = ctx.obj
@@ -86,13 +88,13 @@ def _load(ctx: typer.Context) -> LoadedConfig:
         path = find_config(explicit=options.config_file) if options.config_file else find_config()
         return load_config(path, env_name=options.env_name)
     except ConfigError as error:
-        typer.echo("devmesh: the config has errors:", err=True)
+        click.echo("devmesh: the config has errors:", err=True)
         for problem in error.problems:
-            typer.echo(f"  {problem}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+            click.echo(f"  {problem}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
 
 
-def _project_dir(ctx: typer.Context) -> Path:
+def _project_dir(ctx: click.Context) -> Path:
     """The project folder, found like the config (so `status` works from any subfolder)."""
     from devmesh.config import ConfigError, find_config
 
@@ -103,7 +105,7 @@ def _project_dir(ctx: typer.Context) -> Path:
         _fail(str(error), EXIT_USAGE)
 
 
-def _client(ctx: typer.Context) -> Any:
+def _client(ctx: click.Context) -> Any:
     from devmesh.agent.client import AdminClient, AgentNotRunning
     from devmesh.agent.paths import StatePaths
 
@@ -113,7 +115,7 @@ def _client(ctx: typer.Context) -> Any:
         _fail(str(error))
 
 
-def _call(ctx: typer.Context, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def _call(ctx: click.Context, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     from devmesh.agent.client import AdminError, AgentNotRunning
 
     client = _client(ctx)
@@ -129,25 +131,27 @@ def _call(ctx: typer.Context, method: str, path: str, body: dict[str, Any] | Non
 
 
 @app.command()
-def up(
-    ctx: typer.Context,
-    services: Annotated[
-        list[str] | None, typer.Argument(help="Only these services (and what they depend on).")
-    ] = None,
-    detach: Annotated[
-        bool, typer.Option("--detach", "-d", help="Run in the background; logs go to .devmesh/.")
-    ] = False,
-    timeout: Annotated[
-        float, typer.Option(help="With --detach: seconds to wait for the services to be healthy.")
-    ] = 60.0,
-) -> None:
+@click.argument("services", nargs=-1)
+@click.option("--detach", "-d", is_flag=True, help="Run in the background; logs go to .devmesh/.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="With --detach: seconds to wait for health.",
+)
+@click.pass_context
+def up(ctx: click.Context, services: tuple[str, ...], detach: bool, timeout: float) -> None:
     """Start every service of the project and supervise it (Ctrl-C stops them all).
 
-    Example: devmesh up            devmesh up api --detach
+    \b
+    Examples:
+      devmesh up
+      devmesh up api --detach
     """
     loaded = _load(ctx)
     if detach:
-        _up_detached(ctx, loaded, services or [], timeout)
+        _up_detached(ctx, loaded, list(services), timeout)
         return
     from devmesh.agent.runtime import AgentError, run_agent
 
@@ -155,10 +159,10 @@ def up(
         code = run_agent(loaded, services=services or None)
     except AgentError as error:
         _fail(str(error))
-    raise typer.Exit(code)
+    raise SystemExit(code)
 
 
-def _up_detached(ctx: typer.Context, loaded: LoadedConfig, services: list[str], timeout: float) -> None:
+def _up_detached(ctx: click.Context, loaded: LoadedConfig, services: list[str], timeout: float) -> None:
     import subprocess
 
     from devmesh.agent.client import AdminClient, AgentNotRunning
@@ -200,7 +204,7 @@ def _up_detached(ctx: typer.Context, loaded: LoadedConfig, services: list[str], 
             with paths.agent_log.open("rb") as handle:
                 handle.seek(log_offset)
                 output = handle.read().decode(errors="replace").strip()
-            typer.echo(output[-4000:], err=True)
+            click.echo(output[-4000:], err=True)
             _fail(f"the agent exited with code {process.returncode}; the full log is {paths.agent_log}")
         record = read_agent_record(paths)
         if record is not None and record.pid == process.pid:
@@ -217,22 +221,25 @@ def _up_detached(ctx: typer.Context, loaded: LoadedConfig, services: list[str], 
         if status is not None:
             _print_status(status)
         tail = "\n".join(tail_lines(paths.agent_log, 20))
-        typer.echo(tail, err=True)
+        click.echo(tail, err=True)
         _fail(
             f"not every service was healthy within {timeout:g}s; the agent keeps running (pid {process.pid})"
         )
     assert status is not None
     _print_status(status)
-    typer.echo(
+    click.echo(
         f"devmesh runs in the background (pid {process.pid}); `devmesh logs -f` to follow, `devmesh down` to stop"
     )
 
 
 @app.command()
-def down(ctx: typer.Context) -> None:
+@click.pass_context
+def down(ctx: click.Context) -> None:
     """Stop the agent of this project and every service it runs.
 
-    Example: devmesh down
+    \b
+    Examples:
+      devmesh down
     """
     import signal
 
@@ -248,9 +255,9 @@ def down(ctx: typer.Context) -> None:
     if record is None:
         leftovers = reap_project(project_dir)
         if leftovers:
-            typer.echo(f"devmesh was not running; stopped {leftovers} process(es) it had left behind")
+            click.echo(f"devmesh was not running; stopped {leftovers} process(es) it had left behind")
         else:
-            typer.echo("devmesh is not running here")
+            click.echo("devmesh is not running here")
         return
     process = psutil.Process(record.pid)
     process.send_signal(signal.SIGTERM)
@@ -262,16 +269,18 @@ def down(ctx: typer.Context) -> None:
         _fail(
             f"the agent (pid {record.pid}) did not stop within {const.AGENT_STOP_TIMEOUT_S:g}s and was killed"
         )
-    typer.echo(f"devmesh stopped (pid {record.pid})")
+    click.echo(f"devmesh stopped (pid {record.pid})")
 
 
 @app.command()
-def status(
-    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
-) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
     """Show each service: origin, state, health, pid, port, URL and version.
 
-    Example: devmesh status --json
+    \b
+    Examples:
+      devmesh status --json
     """
     from devmesh.agent.client import AdminClient, AgentNotRunning
     from devmesh.agent.paths import StatePaths
@@ -282,14 +291,14 @@ def status(
     except AgentNotRunning as error:
         document = _offline_status(ctx)
         if not as_json:
-            typer.echo(str(error), err=True)
+            click.echo(str(error), err=True)
     if as_json:
-        typer.echo(json.dumps(document, indent=2))
+        click.echo(json.dumps(document, indent=2))
         return
     _print_status(document)
 
 
-def _offline_status(ctx: typer.Context) -> dict[str, Any]:
+def _offline_status(ctx: click.Context) -> dict[str, Any]:
     loaded = _load(ctx)
     return {
         "mesh": loaded.mesh_name,
@@ -315,95 +324,108 @@ def _offline_status(ctx: typer.Context) -> dict[str, Any]:
 
 
 def _print_status(document: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from devmesh.cli.table import paint, print_table
+    from devmesh.supervisor.logs import colour_enabled
 
-    colours = {"healthy": "green", "unhealthy": "red", "unknown": "yellow"}
-    states = {"running": "green", "starting": "yellow", "stopped": "dim", "crashed": "red"}
-    table = Table(title=f"mesh {document['mesh']}", title_justify="left")
-    for column in ("service", "origin", "state", "health", "pid", "port", "version", "url"):
-        table.add_column(column)
+    colour = colour_enabled(sys.stdout)
+    health_colours = {"healthy": "green", "unhealthy": "red", "unknown": "yellow"}
+    state_colours = {"running": "green", "starting": "yellow", "stopped": "dim", "crashed": "red"}
+    rows = []
     for entry in document["services"]:
-        health = entry["health"]
         detail = f" ({entry['detail']})" if entry.get("detail") else ""
-        table.add_row(
-            entry["name"],
-            entry["origin"],
-            f"[{states.get(entry['state'], 'white')}]{entry['state']}[/]",
-            f"[{colours.get(health, 'white')}]{health}[/]{detail}",
-            str(entry["pid"] or ""),
-            str(entry["port"] or ""),
-            entry["version"] or "",
-            entry["url"] or "",
+        rows.append(
+            [
+                entry["name"],
+                entry["origin"],
+                paint(entry["state"], state_colours.get(entry["state"]), colour),
+                paint(entry["health"], health_colours.get(entry["health"]), colour) + detail,
+                str(entry["pid"] or ""),
+                str(entry["port"] or ""),
+                entry["version"] or "",
+                entry["url"] or "",
+            ]
         )
-    Console().print(table)
+    click.echo(f"mesh {document['mesh']}")
+    print_table(["service", "origin", "state", "health", "pid", "port", "version", "url"], rows)
     agent = document.get("agent")
     if agent and agent.get("config_error"):
-        typer.echo(
+        click.echo(
             f"\nthe config on disk has errors; the agent keeps running the last good one:\n{agent['config_error']}"
         )
 
 
 @app.command()
-def logs(
-    ctx: typer.Context,
-    service: Annotated[str | None, typer.Argument(help="One service (default: all, merged).")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
-    lines: Annotated[int, typer.Option("--tail", "-n", help="How many earlier lines to show.")] = 100,
-) -> None:
+@click.argument("service", required=False)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
+@click.option(
+    "--tail", "-n", "lines", type=int, default=100, show_default=True, help="Earlier lines to show."
+)
+@click.pass_context
+def logs(ctx: click.Context, service: str | None, follow: bool, lines: int) -> None:
     """Print the services' logs, merged and prefixed, from .devmesh/logs/.
 
-    Example: devmesh logs api -f
+    \b
+    Examples:
+      devmesh logs api -f
     """
     from devmesh.agent.paths import StatePaths
     from devmesh.cli.logview import show_logs
 
     project_dir = _project_dir(ctx)
     code = show_logs(StatePaths(project_dir).log_dir, service=service, follow=follow, lines=lines)
-    raise typer.Exit(code)
+    raise SystemExit(code)
 
 
 @app.command("run")
-def run_service(
-    ctx: typer.Context, service: Annotated[str, typer.Argument(help="The service to start.")]
-) -> None:
+@click.argument("service")
+@click.pass_context
+def run_service(ctx: click.Context, service: str) -> None:
     """Start one service (and what it depends on) in the running mesh.
 
-    Example: devmesh run api
+    \b
+    Examples:
+      devmesh run api
     """
     result = _call(ctx, "post", f"/api/v1/services/{service}/start", {})
-    typer.echo(f"started {', '.join(result['started'])}")
+    click.echo(f"started {', '.join(result['started'])}")
 
 
 @app.command()
-def stop(ctx: typer.Context, service: Annotated[str, typer.Argument(help="The service to stop.")]) -> None:
+@click.argument("service")
+@click.pass_context
+def stop(ctx: click.Context, service: str) -> None:
     """Stop one service; the rest of the mesh keeps running.
 
-    Example: devmesh stop payments
+    \b
+    Examples:
+      devmesh stop payments
     """
     _call(ctx, "post", f"/api/v1/services/{service}/stop", {})
-    typer.echo(f"stopped {service}")
+    click.echo(f"stopped {service}")
 
 
 @app.command()
-def restart(
-    ctx: typer.Context, service: Annotated[str, typer.Argument(help="The service to restart.")]
-) -> None:
+@click.argument("service")
+@click.pass_context
+def restart(ctx: click.Context, service: str) -> None:
     """Restart one service.
 
-    Example: devmesh restart api
+    \b
+    Examples:
+      devmesh restart api
     """
     _call(ctx, "post", f"/api/v1/services/{service}/restart", {})
-    typer.echo(f"restarting {service}")
+    click.echo(f"restarting {service}")
 
 
 @app.command()
-def init(
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing devmesh.toml.")] = False,
-) -> None:
+@click.option("--force", is_flag=True, help="Overwrite an existing devmesh.toml.")
+def init(force: bool) -> None:
     """Write a commented devmesh.toml, detecting a Procfile, docker-compose.yml or package.json scripts.
 
-    Example: devmesh init
+    \b
+    Examples:
+      devmesh init
     """
     from devmesh.config.scaffold import detect_services, write_config
 
@@ -414,10 +436,10 @@ def init(
     except FileExistsError as error:
         _fail(f"{error} (use --force to overwrite)")
     for service in detected:
-        typer.echo(f"  found {service.name} in {service.source}")
-    typer.echo(f"wrote {path}; start it with `devmesh up`")
+        click.echo(f"  found {service.name} in {service.source}")
+    click.echo(f"wrote {path}; start it with `devmesh up`")
 
 
 def run() -> None:
     """Console-script entry point."""
-    app()
+    app(prog_name="devmesh")
