@@ -67,7 +67,12 @@ def stop(process: subprocess.Popen[str]) -> None:
 def devmesh_up_s(project: Path, env: dict[str, str]) -> float:
     started = time.perf_counter()
     process = subprocess.Popen(
-        [*DEVMESH, "up"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [*DEVMESH, "up"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -93,14 +98,22 @@ def shell_baseline(project: Path) -> str:
 
     for name in config.services:
         visit(name)
-    lines = ["#!/bin/sh", "trap 'kill 0' TERM INT", "wait_http() { until curl -sf -o /dev/null \"$1\"; do sleep 0.05; done; }"]
+    lines = [
+        "#!/bin/sh",
+        "trap 'kill 0' TERM INT",
+        'wait_http() { until curl -sf -o /dev/null "$1"; do sleep 0.05; done; }',
+    ]
     for name in order:
         spec = config.services[name]
         port = spec.port or free_port()
-        env = " ".join(f"{key}={shlex.quote(value)}" for key, value in {**spec.env, "PORT": str(port)}.items())
+        env = " ".join(
+            f"{key}={shlex.quote(value)}" for key, value in {**spec.env, "PORT": str(port)}.items()
+        )
         cwd = project / spec.cwd if spec.cwd else project
         command = spec.command if isinstance(spec.command, str) else shlex.join(spec.command or [])
-        lines.append(f"(cd {shlex.quote(str(cwd))} && env {env} sh -c {shlex.quote(command)}) >/dev/null 2>&1 &")
+        lines.append(
+            f"(cd {shlex.quote(str(cwd))} && env {env} sh -c {shlex.quote(command)}) >/dev/null 2>&1 &"
+        )
         if spec.health is not None and spec.health.http is not None:
             lines.append(f"wait_http http://127.0.0.1:{port}{spec.health.http}")
     lines += ["echo ready:", "wait"]
@@ -110,7 +123,11 @@ def shell_baseline(project: Path) -> str:
 def shell_up_s(script: Path, project: Path) -> float:
     started = time.perf_counter()
     process = subprocess.Popen(
-        ["sh", str(script)], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ["sh", str(script)],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -137,7 +154,12 @@ def main() -> int:
         shell_times = [shell_up_s(script, project) for _ in range(args.runs)]
 
         process = subprocess.Popen(
-            [*DEVMESH, "up"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [*DEVMESH, "up"],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
         try:
@@ -152,9 +174,15 @@ def main() -> int:
 
     up = statistics.median(devmesh_times)
     shell = statistics.median(shell_times)
-    print(f"devmesh --help          {help_s * 1000:7.0f} ms   (target < 150 ms: {help_s / 0.150:.2f}x of target)")
-    print(f"devmesh status          {status_s * 1000:7.0f} ms   (target < 150 ms: {status_s / 0.150:.2f}x of target)")
-    print(f"up to all healthy       {up * 1000:7.0f} ms   shell script {shell * 1000:.0f} ms: ratio {up / shell:.2f}x (target <= 1.1x)")
+    print(
+        f"devmesh --help          {help_s * 1000:7.0f} ms   (target < 150 ms: {help_s / 0.150:.2f}x of target)"
+    )
+    print(
+        f"devmesh status          {status_s * 1000:7.0f} ms   (target < 150 ms: {status_s / 0.150:.2f}x of target)"
+    )
+    print(
+        f"up to all healthy       {up * 1000:7.0f} ms   shell script {shell * 1000:.0f} ms: ratio {up / shell:.2f}x (target <= 1.1x)"
+    )
     print(f"agent RSS, idle         {rss_mb:7.1f} MB   (target < 60 MB)")
     return 0
 

@@ -158,3 +158,55 @@ def test_help_and_version() -> None:
     assert version.stdout.startswith("devmesh ")
     usage = devmesh("frobnicate", cwd=Path.cwd())
     assert usage.returncode == 2
+
+
+def test_logs_follow_prints_new_lines(project: Project) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    project.write(CONFIG)
+    try:
+        assert devmesh("up", "--detach", cwd=project.root).returncode == 0
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "devmesh", "logs", "-f", "-n", "0"],
+            cwd=project.root,
+            env={**os.environ, "NO_COLOR": "1"},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert devmesh("restart", "api", cwd=project.root).returncode == 0
+            assert follower.stdout is not None
+            seen = []
+            for line in follower.stdout:
+                seen.append(line)
+                if line.startswith("api") and "listening on" in line:
+                    break
+            assert any(line.startswith("devmesh") and "api restarting" in line for line in seen)
+        finally:
+            follower.send_signal(signal.SIGINT)
+            follower.wait(10)
+            if follower.stdout is not None:
+                follower.stdout.close()
+    finally:
+        devmesh("down", cwd=project.root)
+
+
+def test_detach_reports_an_agent_that_fails_to_start(project: Project) -> None:
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        port = holder.getsockname()[1]
+        project.write(CONFIG.replace('admin = "127.0.0.1:0"', f'admin = "127.0.0.1:{port}"'))
+        result = devmesh("up", "--detach", cwd=project.root)
+        assert result.returncode == 1
+        assert "cannot listen on" in result.stderr
+        assert "agent.log" in result.stderr
+    finally:
+        holder.close()
+    assert project.leftovers() == []
