@@ -170,15 +170,16 @@ def test_logs_follow_prints_new_lines(project: Project) -> None:
     try:
         assert devmesh("up", "--detach", cwd=project.root).returncode == 0
         follower = subprocess.Popen(
-            [sys.executable, "-m", "devmesh", "logs", "-f", "-n", "0"],
+            [sys.executable, "-m", "devmesh", "logs", "-f", "-n", "1"],
             cwd=project.root,
             env={**os.environ, "NO_COLOR": "1"},
             stdout=subprocess.PIPE,
             text=True,
         )
         try:
-            assert devmesh("restart", "api", cwd=project.root).returncode == 0
             assert follower.stdout is not None
+            follower.stdout.readline()  # the last earlier line: from here on it is following
+            assert devmesh("restart", "api", cwd=project.root).returncode == 0
             seen = []
             for line in follower.stdout:
                 seen.append(line)
