@@ -50,6 +50,8 @@ def show_logs(log_dir: Path, *, service: str | None, follow: bool, lines: int) -
                         partial[path.stem] = ""
                         colour_of[path.stem] = _COLOURS[len(colour_of) % len(_COLOURS)]
                         width = max(width, len(path.stem))
+            # Lines that arrived in several files since the last look are merged in time order.
+            fresh: list[tuple[str, str, str]] = []
             for name, path in files.items():
                 try:
                     size = path.stat().st_size
@@ -65,8 +67,9 @@ def show_logs(log_dir: Path, *, service: str | None, follow: bool, lines: int) -
                     offsets[name] = handle.tell()
                 text = partial[name] + chunk
                 *complete, partial[name] = text.split("\n")
-                for raw in complete:
-                    emit(name, parse_line(raw)[1])
+                fresh.extend((*parse_line(raw), name) for raw in complete)
+            for _stamp, text, name in sorted(fresh, key=lambda entry: entry[0]):
+                emit(name, text)
             sys.stdout.flush()
             time.sleep(FOLLOW_POLL_S)
     except KeyboardInterrupt:
