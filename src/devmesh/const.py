@@ -29,13 +29,17 @@ HEALTH_INTERVAL_S = 2.0
 HEALTH_TIMEOUT_S = 1.0
 HEALTH_UNHEALTHY_AFTER = 3
 # While a service is starting, probe more often so `up` does not wait a whole interval.
-HEALTH_STARTING_INTERVAL_S = 0.05
+HEALTH_STARTING_INTERVAL_S = 0.02
+HEALTH_STARTING_FAST_FOR_S = 5.0
 HEALTH_STARTING_INTERVAL_MAX_S = 0.5
 # Without a health check a service started elsewhere is probed on its port at this interval.
 PORT_PROBE_INTERVAL_S = 1.0
 
 # Agent and CLI
 AGENT_START_TIMEOUT_S = 15.0
+# The admin API's imports take ~0.5 s of CPU: they wait until the services are healthy, so as not to slow
+# them down, but no longer than this.
+ADMIN_START_DELAY_MAX_S = 2.0
 AGENT_STOP_TIMEOUT_S = 30.0
 ADMIN_REQUEST_TIMEOUT_S = 5.0
 LOG_FILE_MAX_BYTES = 20 * 1024 * 1024

@@ -180,11 +180,18 @@ class Agent:
         admin: _EmbeddedUvicorn | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
-            # Services first: the admin API's imports (FastAPI, ~0.5 s) happen in a thread while the
-            # children start, so they do not delay the services.
+            # Services first. The admin API's imports (FastAPI, ~0.5 s of CPU) would compete with the
+            # children's own start-up on a small machine: they wait until the services are healthy,
+            # or ADMIN_START_DELAY_MAX_S at most.
             order = self.supervisor.up(self._requested)
             self._publish()
-            tasks.append(loop.create_task(self._announce_ready(order, started_at, logs)))
+            ready = loop.create_task(self._announce_ready(order, started_at, logs))
+            tasks.append(ready)
+            stopping = loop.create_task(self._stop_event.wait())
+            await asyncio.wait(
+                {ready, stopping}, timeout=const.ADMIN_START_DELAY_MAX_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopping.cancel()
             admin_module = await asyncio.to_thread(importlib.import_module, "devmesh.admin.app")
             admin = _EmbeddedUvicorn(admin_module.create_admin_app(self), admin_socket)
             await admin.start()

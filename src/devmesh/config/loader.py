@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from devmesh import const
@@ -134,6 +133,8 @@ def _read_layer(path: Path) -> _Layer:
                 line=int(line_match.group(1)) if line_match else None,
             ) from None
         return _Layer(path, data, toml_key_lines(text))
+    import yaml  # only YAML configs pay for it
+
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 
-import yaml
-
 KeyLines = dict[tuple[str, ...], int]
 
 _HEADER_RE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
@@ -89,6 +87,8 @@ def _inline_keys(rest: str, path: tuple[str, ...], number: int, lines: KeyLines)
 
 def yaml_key_lines(text: str) -> KeyLines:
     """Map every key path of a YAML mapping document to its 1-based line."""
+    import yaml  # only YAML configs pay for it
+
     lines: KeyLines = {}
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -1,7 +1,8 @@
 """The health monitor: runs a probe on a schedule and reports transitions.
 
-Until the first success the probe runs often (a startup probe: failures then do not count), so that
-dependents start as soon as a service is ready instead of a whole interval later. After that, it runs
+Until the first success the probe runs often (a startup probe: failures then do not count): every
+`HEALTH_STARTING_INTERVAL_S` for the first seconds, so that dependents start as soon as a service is ready
+instead of a whole interval later, then every `HEALTH_STARTING_INTERVAL_MAX_S` at most. After that, it runs
 every `interval` and reports unhealthy after `unhealthy_after` consecutive failures.
 """
 
@@ -35,14 +36,20 @@ class HealthMonitor:
         self.last_reason: str | None = None
 
     async def run(self) -> None:
-        delay = const.HEALTH_STARTING_INTERVAL_S
+        loop = asyncio.get_running_loop()
+        fast_until = loop.time() + const.HEALTH_STARTING_FAST_FOR_S
         while True:
             reason = await self._probe()
             self.last_reason = reason
             if reason is None:
                 break
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, const.HEALTH_STARTING_INTERVAL_MAX_S, self._interval_s)
+            # Most services are ready within a second or two: poll fast then, slower after.
+            fast = loop.time() < fast_until
+            await asyncio.sleep(
+                const.HEALTH_STARTING_INTERVAL_S
+                if fast
+                else min(const.HEALTH_STARTING_INTERVAL_MAX_S, self._interval_s)
+            )
         self._set(True, None)
         failures = 0
         while True:
