@@ -44,3 +44,19 @@ AGENT_STOP_TIMEOUT_S = 30.0
 ADMIN_REQUEST_TIMEOUT_S = 5.0
 LOG_FILE_MAX_BYTES = 20 * 1024 * 1024
 LOG_LINE_MAX_BYTES = 64 * 1024
+
+# Proxy (data plane). Timeouts are enforced by a sweep every PROXY_SWEEP_INTERVAL_S, not a timer per
+# request: a request only writes a deadline.
+PROXY_SWEEP_INTERVAL_S = 1.0
+PROXY_HEADER_TIMEOUT_S = 10.0  # from a request's first byte to its last header line (slowloris)
+PROXY_BODY_IDLE_TIMEOUT_S = 60.0  # between two pieces of a request body
+PROXY_KEEPALIVE_TIMEOUT_S = 75.0  # an idle client connection (nginx's default)
+PROXY_UPSTREAM_IDLE_TIMEOUT_S = 60.0  # a pooled upstream connection nobody uses
+PROXY_UPSTREAM_IDLE_MAX = 256  # pooled idle connections per endpoint
+PROXY_CONNECT_TIMEOUT_S = 5.0
+PROXY_MAX_HEADER_BYTES = 32 * 1024  # request line and header block, as nginx's 4 x 8k
+PROXY_MAX_HEADERS = 128
+PROXY_MAX_URL_BYTES = 8 * 1024
+PROXY_REPLAY_MAX_BYTES = 1024 * 1024  # request body kept to retry on another endpoint
+PROXY_BUFFER_HIGH_BYTES = 256 * 1024  # buffered body beyond which the sender is paused
+ACCESS_LOG_FLUSH_S = 0.25

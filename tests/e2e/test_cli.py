@@ -11,6 +11,7 @@ CONFIG = f"""
 name = "cli"
 [proxy]
 admin = "127.0.0.1:0"
+listen = "127.0.0.1:0"
 [services.api]
 command = "{TINY_COMMAND}"
 version = "2.0.0"

@@ -18,6 +18,7 @@ CONFIG = f"""
 name = "admin"
 [proxy]
 admin = "127.0.0.1:0"
+listen = "127.0.0.1:0"
 [services.api]
 command = "{TINY_COMMAND}"
 health = {{ http = "/health", interval = "0.2s" }}

@@ -9,6 +9,7 @@ HEADER = """
 name = "reload"
 [proxy]
 admin = "127.0.0.1:0"
+listen = "127.0.0.1:0"
 """
 
 

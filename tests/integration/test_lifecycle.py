@@ -17,6 +17,7 @@ def _config(project: Project, services: str, *, extra: str = "") -> None:
 name = "test"
 [proxy]
 admin = "127.0.0.1:0"
+listen = "127.0.0.1:0"
 {extra}
 {services}
 """
@@ -186,6 +187,7 @@ def test_cmd_health_check(project: Project) -> None:
         f"""
 [proxy]
 admin = "127.0.0.1:0"
+listen = "127.0.0.1:0"
 [services.worker]
 command = "sleep 600"
 health = {{ cmd = "test -f {flag}", interval = "0.2s" }}

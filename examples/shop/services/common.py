@@ -94,3 +94,31 @@ def serve(handler: type[Handler], *, on_stop: Callable[[], None] | None = None) 
     )
     server.serve_forever(poll_interval=0.2)
     server.server_close()
+
+
+def post_json(url: str, payload: Any, *, timeout: float) -> tuple[int, Any]:
+    """POST JSON to `url`; (status, decoded body).
+
+    Names under .localhost (RFC 6761) are loopback: browsers know it, but the system resolver may not,
+    so they are reached at 127.0.0.1 with the name kept in the Host header, which is what devmesh routes on.
+    """
+    import http.client
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 80
+    connect_to = "127.0.0.1" if host == "localhost" or host.endswith(".localhost") else host
+    connection = http.client.HTTPConnection(connect_to, port, timeout=timeout)
+    try:
+        body = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json", "Host": parts.netloc}
+        connection.request("POST", parts.path or "/", body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        try:
+            return response.status, json.loads(data) if data else None
+        except ValueError:
+            return response.status, {"error": data[:200].decode("utf-8", "replace")}
+    finally:
+        connection.close()

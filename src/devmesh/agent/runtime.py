@@ -15,6 +15,7 @@ import ipaddress
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -34,9 +35,11 @@ from devmesh.agent.paths import (
     write_agent_record,
 )
 from devmesh.config import ConfigError, LoadedConfig, load_config
-from devmesh.config.schema import HealthSection
+from devmesh.config.schema import HealthSection, MeshConfig
 from devmesh.config.units import Address
-from devmesh.mesh.snapshot import Health, MeshState, ServiceView
+from devmesh.mesh.snapshot import Health, MeshState, Origin, RunState, ServiceView
+from devmesh.proxy.observe import AccessLog
+from devmesh.proxy.server import ProxyServer
 from devmesh.supervisor.guardian import Guardian
 from devmesh.supervisor.logs import LogSink
 from devmesh.supervisor.manager import Supervisor
@@ -129,6 +132,9 @@ class Agent:
         self.config_error: str | None = None
         self.supervisor: Supervisor | None = None
         self.admin_address: Address | None = None
+        self.listen_address: Address | None = None
+        self.https_address: Address | None = None
+        self.proxy: ProxyServer | None = None
         self._publish_scheduled = False
 
     @property
@@ -168,6 +174,38 @@ class Agent:
         admin_socket = bind_tcp(config.proxy.admin, purpose="admin API", key="[proxy] admin")
         host, port = admin_socket.getsockname()[:2]
         self.admin_address = Address(host, port)
+        proxy_socket: socket.socket | None = None
+        https_socket: socket.socket | None = None
+        tls: ssl.SSLContext | None = None
+        try:
+            proxy_socket = bind_tcp(config.proxy.listen, purpose="proxy", key="[proxy] listen")
+            if config.proxy.https is not None:
+                https_socket = bind_tcp(config.proxy.https, purpose="HTTPS proxy", key="[proxy] https")
+                tls = await asyncio.to_thread(self._tls_context)
+        except AgentError:
+            for sock in (admin_socket, proxy_socket, https_socket):
+                if sock is not None:
+                    sock.close()
+            raise
+        self.proxy = ProxyServer(
+            self.state,
+            timeout_s=config.proxy.timeout,
+            retries=config.proxy.retries,
+            access_log=AccessLog(
+                self.paths.log_dir / "access.log", config.proxy.access_log, kept=config.observe.requests_kept
+            ),
+        )
+        await self.proxy.start(proxy_socket)
+        self.listen_address = Address(*proxy_socket.getsockname()[:2])
+        if https_socket is not None:
+            await self.proxy.start(https_socket, tls=tls)
+            self.https_address = Address(*https_socket.getsockname()[:2])
+        proxied = f"http://{self.listen_address}" + (
+            f" and https://{self.https_address}" if self.https_address else ""
+        )
+        logs.agent(
+            f"proxy on {proxied}: services at http://<name>.{config.mesh.domain}:{self.listen_address.port}"
+        )
         marker = owner_marker(self.loaded.project_dir, os.getpid())
         guardian = await Guardian.start(marker)
         self.supervisor = Supervisor(
@@ -176,6 +214,7 @@ class Agent:
             owner=marker,
             logs=logs,
             on_change=self._schedule_publish,
+            base_env=self._child_env(config),
         )
         admin: _EmbeddedUvicorn | None = None
         tasks: list[asyncio.Task[None]] = []
@@ -201,7 +240,7 @@ class Agent:
                     pid=os.getpid(),
                     create_time=psutil.Process().create_time(),
                     admin=str(self.admin_address),
-                    listen=None,
+                    listen=str(self.listen_address) if self.listen_address else None,
                     config=str(self.loaded.path),
                 ),
             )
@@ -215,6 +254,7 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.supervisor.down()
+            await self.proxy.close()
             if admin is not None:
                 await admin.stop()
             else:
@@ -343,7 +383,7 @@ class Agent:
                 config=str(self.loaded.path),
                 files=[str(path) for path in self.loaded.files],
                 admin=str(self.admin_address),
-                listen=None,
+                listen=str(self.listen_address) if self.listen_address else None,
                 config_error=self.config_error,
                 revision=self.state.snapshot.revision,
             ),
@@ -351,9 +391,7 @@ class Agent:
         )
 
     def _service_status(self, view: ServiceView) -> ServiceStatus:
-        url = None
-        if view.port is not None:
-            url = f"http://127.0.0.1:{view.port}"
+        url = self.service_url(view)
         return ServiceStatus(
             name=view.name,
             origin=view.origin.value,
@@ -367,6 +405,49 @@ class Agent:
             restarts=view.restarts,
             detail=view.detail if view.health != Health.HEALTHY else None,
         )
+
+    def service_url(self, view: ServiceView) -> str | None:
+        """`http://api.localhost:7080`: where a browser reaches the service through the proxy."""
+        if self.listen_address is None:
+            return f"http://127.0.0.1:{view.port}" if view.port is not None else None
+        domain = self.loaded.config.mesh.domain
+        suffix = "." + domain
+        port = self.listen_address.port
+        authority_port = "" if port == 80 else f":{port}"
+        for host in view.hosts:
+            if not host.startswith("*."):
+                full = host if host.endswith(suffix) or host == domain else host + suffix
+                return f"http://{full}{authority_port}"
+        if view.routes:
+            prefix = view.routes[0].rstrip("*")
+            return f"http://{domain}{authority_port}{prefix}"
+        return None
+
+    def _child_env(self, config: MeshConfig) -> dict[str, str]:
+        """The agent's environment, plus where each service is reached through the proxy:
+        `DEVMESH_PROXY_URL` and `DEVMESH_<SERVICE>_URL` (as docker compose gives service names)."""
+        env = dict(os.environ)
+        assert self.listen_address is not None
+        env["DEVMESH_PROXY_URL"] = f"http://{self.listen_address}"
+        for name, spec in config.services.items():
+            hosts = tuple(spec.hosts) if spec.hosts is not None else (name,)
+            view = ServiceView(
+                name, Origin.LOCAL, RunState.STOPPED, Health.UNKNOWN, hosts, tuple(spec.routes)
+            )
+            url = self.service_url(view)
+            if url is not None:
+                env[f"DEVMESH_{name.upper().replace('-', '_')}_URL"] = url
+        return env
+
+    def _tls_context(self) -> ssl.SSLContext:
+        from devmesh.tls import CAError, LocalCA
+
+        try:
+            ca = LocalCA.load()
+        except CAError as error:
+            raise AgentError(f"[proxy] https is set, but {error}") from None
+        domain = self.loaded.config.mesh.domain
+        return ca.server_context([domain, "localhost", "127.0.0.1", "::1"])
 
     # -- control (the admin API calls these) ---------------------------------------------------------
 

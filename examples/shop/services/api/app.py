@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import Handler, serve
+from common import Handler, post_json, serve
 
-PAYMENTS_URL = os.environ.get("PAYMENTS_URL", "http://payments.localhost:7080").rstrip("/")
+PAYMENTS_URL = (
+    os.environ.get("PAYMENTS_URL") or os.environ.get("DEVMESH_PAYMENTS_URL", "http://payments.localhost:7080")
+).rstrip("/")
 PAYMENTS_TIMEOUT_S = 5.0
 
 PRODUCTS = [
@@ -26,15 +25,12 @@ ORDERS_LOCK = threading.Lock()
 
 
 def charge(amount_cents: int) -> dict[str, object]:
-    request = urllib.request.Request(
-        f"{PAYMENTS_URL}/charge",
-        data=json.dumps({"amount_cents": amount_cents}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
+    status, result = post_json(
+        f"{PAYMENTS_URL}/charge", {"amount_cents": amount_cents}, timeout=PAYMENTS_TIMEOUT_S
     )
-    with urllib.request.urlopen(request, timeout=PAYMENTS_TIMEOUT_S) as response:
-        result: dict[str, object] = json.loads(response.read())
-        return result
+    if status >= 300 or not isinstance(result, dict):
+        raise ValueError(f"payments answered {status}: {result}")
+    return result
 
 
 class Api(Handler):
@@ -67,8 +63,8 @@ class Api(Handler):
             return
         try:
             payment = charge(int(product["price_cents"]))  # type: ignore[call-overload]
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            reason = getattr(error, "reason", error)
+        except (OSError, ValueError) as error:
+            reason = error
             self.send_json(502, {"error": f"payments is unreachable at {PAYMENTS_URL}: {reason}"})
             return
         order = {"id": len(ORDERS) + 1, "product": product["name"], "charge": payment}

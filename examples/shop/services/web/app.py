@@ -11,8 +11,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import Handler, serve
 
 HERE = Path(__file__).resolve().parent
-API_URL = os.environ.get("API_URL", "http://api.localhost:7080")
-EVENTS_URL = os.environ.get("EVENTS_URL", "http://events.localhost:7080/stream")
+API_URL = os.environ.get("API_URL") or os.environ.get("DEVMESH_API_URL", "http://api.localhost:7080")
+EVENTS_URL = (
+    os.environ.get("EVENTS_URL")
+    or os.environ.get("DEVMESH_EVENTS_URL", "http://events.localhost:7080") + "/stream"
+)
 
 
 class Web(Handler):

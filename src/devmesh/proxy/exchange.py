@@ -1,0 +1,615 @@
+"""One request and its response, from the client's first header to the last byte sent back.
+
+The exchange routes the request, tries endpoints in order (retrying where that is safe), streams the body
+both ways with back-pressure, and answers with an error page when nothing can serve it. It is driven by
+callbacks from the client connection (request side) and the upstream connection (response side).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from devmesh.mesh.snapshot import Endpoint, ServiceView
+from devmesh.proxy import headers as hdr
+from devmesh.proxy.observe import RequestRecord
+from devmesh.proxy.pages import ErrorPage, response_bytes
+from devmesh.routing.table import describe_unavailable, select_endpoints
+
+if TYPE_CHECKING:
+    from devmesh.proxy.client import ClientConnection
+    from devmesh.proxy.upstream import UpstreamConnection
+
+# Safe to send twice (RFC 9110 §9.2.2): only these are retried on another endpoint.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+
+
+class Exchange:
+    __slots__ = (
+        "accept",
+        "attempt",
+        "body_bytes",
+        "body_complete",
+        "candidates",
+        "chunked",
+        "client",
+        "close_after",
+        "connecting",
+        "content_length",
+        "done",
+        "endpoint",
+        "expect_continue",
+        "headers",
+        "headers_done",
+        "host",
+        "host_raw",
+        "http_minor",
+        "interim_sent",
+        "keep_alive",
+        "method",
+        "pending",
+        "pending_bytes",
+        "replay",
+        "replay_bytes",
+        "request_head",
+        "response_chunked",
+        "response_close_delimited",
+        "response_head_done",
+        "response_started",
+        "response_status",
+        "response_trailers",
+        "retries_left",
+        "started",
+        "target",
+        "trace_header",
+        "trace_id",
+        "traceparent",
+        "trailers",
+        "tried",
+        "upgrade",
+        "upstream",
+        "view",
+    )
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.started = time.monotonic()
+        self.method = b""
+        self.target = b""
+        self.headers: hdr.Headers = []
+        self.headers_done = False
+        self.http_minor = 1
+        self.keep_alive = True
+        self.trailers: hdr.Headers = []
+        self.host_raw: bytes | None = None
+        self.host = ""
+        self.accept: bytes | None = None
+        self.trace_header: bytes | None = None
+        self.traceparent: bytes | None = None
+        self.trace_id = ""
+        self.chunked = False
+        self.content_length: bytes | None = None
+        self.expect_continue = False
+        self.upgrade: bytes | None = None
+        self.body_complete = False
+        self.body_bytes = 0
+        # Request bytes (head, then body frames) not yet written to an upstream connection.
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        # Everything sent upstream, kept while it fits so that a retry can send it again.
+        self.replay: list[bytes] | None = None
+        self.replay_bytes = 0
+        self.request_head = b""
+        self.view: ServiceView | None = None
+        self.candidates: list[Endpoint] = []
+        self.attempt = 0
+        self.retries_left = 0
+        self.endpoint: Endpoint | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.connecting = False
+        self.tried: list[str] = []
+        self.interim_sent = False
+        self.response_head_done = False
+        self.response_started = False
+        self.response_status = 0
+        self.response_chunked = False
+        self.response_close_delimited = False
+        self.response_trailers: hdr.Headers = []
+        self.close_after = False
+        self.done = False
+
+    # -- request side (called by the client connection) ---------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Remember what routing, framing and tracing need; every header is kept to forward."""
+        self.headers.append((name, value))
+        if len(name) > 15:
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                self.chunked = True
+            elif lowered == b"x-devmesh-trace-id":
+                self.trace_header = value
+        else:
+            lowered = name.lower()
+            if lowered == b"host":
+                self.host_raw = value
+            elif lowered == b"accept":
+                self.accept = value
+            elif lowered == b"content-length":
+                self.content_length = value
+            elif lowered == b"traceparent":
+                self.traceparent = value
+            elif lowered == b"expect":
+                self.expect_continue = value.lower() == b"100-continue"
+            elif lowered == b"upgrade":
+                self.upgrade = value
+
+    def on_request_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.done:
+            return
+        frame = b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body
+        self._send_upstream(frame)
+
+    def on_request_end(self) -> None:
+        self.body_complete = True
+        if self.chunked and not self.done:
+            self._send_upstream(hdr.trailer_block(self.trailers))
+
+    def _send_upstream(self, data: bytes) -> None:
+        replay = self.replay
+        if replay is not None:
+            self.replay_bytes += len(data)
+            if self.replay_bytes > self.client.server.replay_limit:
+                self.replay = None  # too big to retry with; it streams through as it comes
+            else:
+                replay.append(data)
+        upstream = self.upstream
+        if upstream is not None:
+            self.client.write_upstream(upstream, data)
+        else:
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            if self.pending_bytes > self.client.server.buffer_high:
+                self.client.pause_reading()
+
+    # -- routing and connecting ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Route the request (its headers are complete) and send it on its way."""
+        client = self.client
+        server = client.server
+        target = self.target
+        if self.method == b"CONNECT":
+            self.respond_error(
+                ErrorPage(
+                    405, "Method not allowed", "devmesh is a reverse proxy; it does not tunnel CONNECT."
+                )
+            )
+            return
+        if target[:1] != b"/" and not self._absolute_form():
+            return
+        if self.host_raw is None:
+            if self.http_minor == 1:
+                self.respond_error(ErrorPage(400, "Bad Request", "HTTP/1.1 requests need a Host header."))
+                return
+            self.host_raw = b""
+        host = server.host_name(self.host_raw)
+        self.host = host
+        table = server.route_table()
+        path = target.decode("latin-1")
+        view = table.match(host, path)
+        self.trace_id, self.traceparent = hdr.trace_context(self.traceparent, self.trace_header)
+        if view is None:
+            self.respond_error(
+                ErrorPage(
+                    404,
+                    "No such service",
+                    f"No service of the mesh answers to {host or 'this host'!r}.",
+                    hint="use one of the hosts below, or add the name to `hosts` of a service in devmesh.toml",
+                    hosts=table.known_hosts(),
+                )
+            )
+            return
+        self.view = view
+        endpoints = select_endpoints(view, server.next_turn(view.name))
+        if not endpoints:
+            message, hint = describe_unavailable(view)
+            self.respond_error(ErrorPage(503, "Service unavailable", message, hint=hint, service=view.name))
+            return
+        self.candidates = endpoints
+        self.retries_left = server.retries if self.method in IDEMPOTENT else 0
+        if self.retries_left and self.upgrade is None and self.pending_bytes <= server.replay_limit:
+            # Body that arrived while the request waited its turn counts toward what a retry resends.
+            self.replay = list(self.pending)
+            self.replay_bytes = self.pending_bytes
+        self.request_head = self._request_head()
+        self._send_to(endpoints[0])
+
+    def _absolute_form(self) -> bool:
+        """`GET http://api.localhost/x HTTP/1.1` (a client told to use devmesh as its HTTP proxy):
+        the host in the target wins over the Host header (RFC 9112 §3.2.2)."""
+        target = self.target
+        lowered = target[:8].lower()
+        if not (lowered.startswith(b"http://") or lowered.startswith(b"https://")):
+            self.respond_error(ErrorPage(400, "Bad Request", "The request target must be a path or a URL."))
+            return False
+        rest = target.split(b"://", 1)[1]
+        slash = rest.find(b"/")
+        authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        self.host_raw = authority
+        self.target = path
+        return True
+
+    def _request_head(self) -> bytes:
+        client = self.client
+        if self.chunked:
+            framing = _CHUNKED
+        elif self.content_length is not None:
+            framing = b"Content-Length: " + self.content_length + b"\r\n"
+        else:
+            framing = b""
+        return hdr.upstream_request_head(
+            self.method,
+            self.target,
+            self.headers,
+            host=self.host_raw or b"",
+            client_ip=client.client_ip,
+            scheme=client.scheme,
+            trace_id=self.trace_id.encode(),
+            traceparent=self.traceparent or b"",
+            framing=framing,
+            upgrade=self.upgrade,
+        )
+
+    def _send_to(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.attempt += 1
+        pool = self.client.server.pool
+        upstream = pool.acquire((endpoint.host, endpoint.port))
+        if upstream is not None:
+            self._attach(upstream)
+        else:
+            self.connecting = True
+            self.client.server.spawn(self._connect(endpoint))
+
+    async def _connect(self, endpoint: Endpoint) -> None:
+        pool = self.client.server.pool
+        try:
+            upstream = await pool.connect((endpoint.host, endpoint.port))
+        except (OSError, TimeoutError) as error:
+            self.connecting = False
+            if self.done:
+                return
+            reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+            self._failed(f"{endpoint.origin.value} {endpoint.authority}: cannot connect ({reason.lower()})")
+            return
+        self.connecting = False
+        if self.done:
+            pool.release(upstream)
+            return
+        self._attach(upstream)
+
+    def _attach(self, upstream: UpstreamConnection) -> None:
+        self.upstream = upstream
+        upstream.exchange = self
+        upstream.deadline = self.client.server.loop.time() + self.client.server.timeout_s
+        head = self.request_head
+        if self.replay is not None and self.attempt > 1:
+            data = b"".join([head, *self.replay])
+        elif self.pending:
+            data = b"".join([head, *self.pending])
+        else:
+            data = head
+        self.pending = []
+        if self.pending_bytes:
+            self.pending_bytes = 0
+            self.client.resume_reading()
+        self.client.write_upstream(upstream, data)
+
+    def _failed(self, reason: str) -> None:
+        """This endpoint did not answer usefully: try the next one, or say what was tried."""
+        self.tried.append(reason)
+        stats = self.client.server.stats
+        service = self.view.name if self.view is not None else "-"
+        stats.upstream_error(service)
+        if self._can_retry():
+            stats.retry(service)
+            self.retries_left -= 1
+            self._send_to(self.candidates[self.attempt % len(self.candidates)])
+            return
+        view = self.view
+        name = view.name if view is not None else "the service"
+        self.respond_error(
+            ErrorPage(
+                502,
+                "Bad gateway",
+                f"{name} did not answer.",
+                hint=f"see `devmesh logs {name}`; `devmesh status` shows its state",
+                service=view.name if view is not None else None,
+                tried=self.tried,
+            )
+        )
+
+    def _can_retry(self) -> bool:
+        if self.retries_left <= 0 or self.response_started or self.client.closed:
+            return False
+        # Without the whole body in hand (replay dropped), a retry would send half a request.
+        return self.replay is not None
+
+    # -- response side (called by the upstream connection) ------------------------------------------
+
+    def on_response_head(
+        self, upstream: UpstreamConnection, status: int, reason: bytes, headers: hdr.Headers
+    ) -> None:
+        client = self.client
+        if 100 <= status < 200 and status != 101:
+            # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they come.
+            if self.http_minor == 1 and not self.response_started:
+                client.write(hdr.interim_head(status, reason, headers))
+                self.interim_sent = True
+            return
+        upstream.deadline = 0.0
+        if status in RETRY_STATUSES and self._can_retry():
+            # Retried on the next endpoint once the parser is done with this response.
+            self.response_status = status
+            upstream.after_feed("retry")
+            return
+        self.response_head_done = True
+        self.response_status = status
+        head_only = self.method == b"HEAD" or status in (204, 304)
+        framing = b""
+        connection: bytes | None = None
+        if status == 101:
+            client.write(
+                hdr.client_response_head(
+                    status,
+                    reason,
+                    headers,
+                    framing=b"",
+                    served_by=self._served_by(),
+                    trace_id=self.trace_id.encode(),
+                    connection=None,
+                    upgrade=True,
+                )
+            )
+            self.response_started = True
+            return
+        length = None
+        upstream_chunked = False
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = value
+            elif lowered == b"transfer-encoding":
+                upstream_chunked = True
+        if head_only:
+            if length is not None:
+                framing = b"Content-Length: " + length + b"\r\n"
+        elif length is not None and not upstream_chunked:
+            framing = b"Content-Length: " + length + b"\r\n"
+        elif self.http_minor == 1:
+            framing = _CHUNKED
+            self.response_chunked = True
+            self.response_close_delimited = not upstream_chunked
+        else:
+            # An HTTP/1.0 client knows one way to find the end of an unknown-length body: the close.
+            self.response_close_delimited = not upstream_chunked
+            self.close_after = True
+        if self.upgrade is not None:
+            self.close_after = True  # the service refused to switch; the client may already have
+        if not self.body_complete:
+            # The service answered before the request body ended: the rest of it will not be read,
+            # so neither connection can carry another request.
+            self.close_after = True
+        if self.close_after or not self.keep_alive:
+            connection = b"close"
+            self.close_after = True
+        elif self.http_minor == 0:
+            connection = b"keep-alive"
+        client.write(
+            hdr.client_response_head(
+                status,
+                reason,
+                headers,
+                framing=framing,
+                served_by=self._served_by(),
+                trace_id=self.trace_id.encode(),
+                connection=connection,
+            )
+        )
+        self.response_started = True
+        if self.method == b"HEAD":
+            # httptools cannot be told the response has no body: end it once the parser returns.
+            upstream.after_feed("head-done")
+
+    def on_response_body(self, body: bytes) -> None:
+        if not self.response_head_done or self.done:
+            return
+        if self.response_chunked:
+            self.client.write(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            self.client.write(body)
+
+    def on_response_end(self, upstream: UpstreamConnection) -> None:
+        if not self.response_head_done:
+            return  # the end of an interim response, or of one being retried
+        if self.response_chunked:
+            self.client.write(hdr.trailer_block(self.response_trailers))
+        reusable = upstream.parser.should_keep_alive() and self.body_complete
+        self._finish(upstream, reusable=reusable)
+
+    def after_upstream_feed(self, upstream: UpstreamConnection, action: str) -> None:
+        if action == "retry":
+            status = self.response_status
+            self.upstream = None
+            upstream.exchange = None
+            upstream.close()
+            self._failed(
+                f"{self.endpoint.origin.value if self.endpoint else ''} "
+                f"{self.endpoint.authority if self.endpoint else ''}: answered {status}".strip()
+            )
+        elif action == "head-done" and not self.done:
+            upstream.reset_parser()
+            self._finish(upstream, reusable=upstream.parser.should_keep_alive() and self.body_complete)
+
+    def on_upstream_upgraded(self, upstream: UpstreamConnection, rest: bytes) -> None:
+        """101 from the service: from now on both connections are one byte tunnel."""
+        if self.response_status != 101 or self.client.closed:
+            upstream.close()
+            return
+        self.client.server.pool.busy.discard(upstream)
+        upstream.exchange = None
+        upstream.deadline = 0.0
+        self.upstream = None
+        self._log()
+        self.done = True
+        self.client.start_tunnel(upstream, rest)
+
+    def on_upstream_invalid(self, upstream: UpstreamConnection, reason: str) -> None:
+        self.upstream = None
+        upstream.exchange = None
+        if self.response_started:
+            self.client.abort_response()
+            self._log()
+            self.done = True
+            return
+        self._failed(f"{self.endpoint.authority if self.endpoint else '?'}: invalid response ({reason})")
+
+    def on_upstream_lost(self, upstream: UpstreamConnection, exc: Exception | None) -> None:
+        self.upstream = None
+        if self.done:
+            return
+        if self.response_started:
+            if self.response_close_delimited:
+                # The end of a body delimited by the close: a normal end.
+                if self.response_chunked:
+                    self.client.write(hdr.trailer_block(self.response_trailers))
+                self._finish(None, reusable=False)
+            else:
+                # Reset mid-body: the client must not take a truncated body for a whole one.
+                self.client.abort_response()
+                self._log()
+                self.done = True
+            return
+        if upstream.reused and self.replay is not None and not self.client.closed:
+            # A pooled connection the service had just closed: not the service's fault, try afresh.
+            endpoint = self.endpoint
+            if endpoint is not None:
+                self.attempt -= 1
+                self._send_to(endpoint)
+                return
+        reason = "connection closed before a response"
+        self._failed(f"{self.endpoint.authority if self.endpoint else '?'}: {reason}")
+
+    def on_upstream_timeout(self, upstream: UpstreamConnection) -> None:
+        upstream.abort()
+        self.upstream = None
+        if self.response_started:
+            self.client.abort_response()
+            self._log()
+            self.done = True
+            return
+        name = self.view.name if self.view is not None else "the service"
+        timeout = self.client.server.timeout_s
+        self.client.server.stats.upstream_error(name)
+        self.respond_error(
+            ErrorPage(
+                504,
+                "Gateway timeout",
+                f"{name} did not answer within {timeout:g} s.",
+                hint="raise [proxy] timeout in devmesh.toml if it is expected to be this slow",
+                service=self.view.name if self.view is not None else None,
+                tried=[
+                    *self.tried,
+                    f"{self.endpoint.authority if self.endpoint else '?'}: no response in {timeout:g} s",
+                ],
+            )
+        )
+
+    # -- ending -------------------------------------------------------------------------------------
+
+    def respond_error(self, page: ErrorPage) -> None:
+        """Answer with the proxy's own page (the request was not, or could not be, forwarded)."""
+        if self.response_started:
+            self.client.abort_response()
+            self.done = True
+            return
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        close = page.status in (400, 405, 408, 413, 414, 431) or not self.keep_alive or not self.body_complete
+        self.response_status = page.status
+        self.response_head_done = True
+        self.response_started = True
+        self.close_after = close
+        self.client.write(
+            response_bytes(
+                page, self.accept, trace_id=self.trace_id, close=close, head_only=self.method == b"HEAD"
+            )
+        )
+        self._finish(None, reusable=False)
+
+    def _finish(self, upstream: UpstreamConnection | None, *, reusable: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.upstream = None
+        if upstream is not None:
+            if reusable:
+                self.client.server.pool.release(upstream)
+            else:
+                upstream.exchange = None
+                upstream.close()
+        self._log()
+        self.client.exchange_done(self)
+
+    def cancel(self) -> None:
+        """The client went away: cancel the request upstream (the service sees the connection reset)."""
+        if self.done:
+            return
+        self.done = True
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        if self.response_status or self.view is not None:
+            self.response_status = self.response_status or 499
+            self._log()
+
+    def _served_by(self) -> bytes:
+        endpoint = self.endpoint
+        if endpoint is None:
+            return b"devmesh"
+        where = endpoint.peer_id or endpoint.origin.value
+        version = endpoint.version
+        if version:
+            return f"{where}/{endpoint.service}@{version}".encode()
+        return f"{where}/{endpoint.service}".encode()
+
+    def _log(self) -> None:
+        server = self.client.server
+        duration = time.monotonic() - self.started
+        view = self.view
+        service = view.name if view is not None else "-"
+        endpoint = self.endpoint
+        origin = endpoint.origin.value if endpoint is not None else "-"
+        status = self.response_status
+        server.stats.count(service, origin, status, duration)
+        log = server.access_log
+        if log is not None:
+            log.record(
+                RequestRecord(
+                    time.time(),
+                    self.method.decode("latin-1"),
+                    self.host,
+                    self.target[:2048].decode("latin-1"),
+                    status,
+                    service,
+                    origin,
+                    duration,
+                    self.trace_id,
+                    endpoint.authority if endpoint is not None else "",
+                )
+            )

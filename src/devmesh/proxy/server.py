@@ -1,0 +1,146 @@
+"""The proxy server: listeners, the route table cache, the upstream pool, limits and the sweep.
+
+It reads the mesh through `MeshState.snapshot` on each request and rebuilds its route table only when
+the snapshot's revision changes; a swap never touches requests in flight, which hold their own endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from devmesh import const
+from devmesh.mesh.snapshot import MeshState
+from devmesh.proxy.client import ClientConnection
+from devmesh.proxy.observe import AccessLog, RequestStats
+from devmesh.proxy.upstream import UpstreamPool
+from devmesh.routing.table import RouteTable, normalize_host
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyLimits:
+    """What the proxy tolerates from clients (docs/threat-model.md); tests shrink them."""
+
+    header_timeout_s: float = const.PROXY_HEADER_TIMEOUT_S
+    body_idle_timeout_s: float = const.PROXY_BODY_IDLE_TIMEOUT_S
+    keepalive_timeout_s: float = const.PROXY_KEEPALIVE_TIMEOUT_S
+    max_header_bytes: int = const.PROXY_MAX_HEADER_BYTES
+    max_headers: int = const.PROXY_MAX_HEADERS
+    max_url_bytes: int = const.PROXY_MAX_URL_BYTES
+    replay_max_bytes: int = const.PROXY_REPLAY_MAX_BYTES
+    buffer_high: int = const.PROXY_BUFFER_HIGH_BYTES
+    sweep_interval_s: float = const.PROXY_SWEEP_INTERVAL_S
+    upstream_idle_timeout_s: float = const.PROXY_UPSTREAM_IDLE_TIMEOUT_S
+    connect_timeout_s: float = const.PROXY_CONNECT_TIMEOUT_S
+
+
+class ProxyServer:
+    def __init__(
+        self,
+        state: MeshState,
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 2,
+        access_log: AccessLog | None = None,
+        limits: ProxyLimits | None = None,
+    ) -> None:
+        self.state = state
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.access_log = access_log
+        self.limits = limits or ProxyLimits()
+        self.replay_limit = self.limits.replay_max_bytes
+        self.buffer_high = self.limits.buffer_high
+        self.stats = RequestStats()
+        self.pool = UpstreamPool(
+            idle_timeout_s=self.limits.upstream_idle_timeout_s,
+            connect_timeout_s=self.limits.connect_timeout_s,
+        )
+        self.connections: set[ClientConnection] = set()
+        self.addresses: list[tuple[str, str, int]] = []  # (scheme, host, port) actually listened on
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._table: RouteTable | None = None
+        self._table_snapshot: object = None
+        self._turns: dict[str, int] = {}
+        self._hosts: dict[bytes, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self, sock: socket.socket, *, tls: ssl.SSLContext | None = None) -> None:
+        """Serve on a bound, listening socket (bound by the caller, so a busy port names its config key)."""
+        self._loop = asyncio.get_running_loop()
+        scheme = b"https" if tls is not None else b"http"
+        server = await self._loop.create_server(
+            lambda: ClientConnection(self, scheme), sock=sock, ssl=tls, backlog=1024
+        )
+        self._servers.append(server)
+        host, port = sock.getsockname()[:2]
+        self.addresses.append((scheme.decode(), host, port))
+        if len(self._servers) == 1:
+            self.spawn(self._sweep())
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for connection in list(self.connections):
+            connection.close()
+        self.pool.close_all()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self.access_log is not None:
+            self.access_log.close()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep(self) -> None:
+        interval = self.limits.sweep_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            now = self.loop.time()
+            for connection in list(self.connections):
+                connection.check_deadline(now)
+            self.pool.sweep(now)
+
+    # -- per request --------------------------------------------------------------------------------
+
+    def route_table(self) -> RouteTable:
+        snapshot = self.state.snapshot
+        if snapshot is not self._table_snapshot or self._table is None:
+            self._table = RouteTable.build(snapshot)
+            self._table_snapshot = snapshot
+        return self._table
+
+    def host_name(self, raw: bytes) -> str:
+        host = self._hosts.get(raw)
+        if host is None:
+            host = normalize_host(raw.decode("latin-1"))
+            if len(self._hosts) > 4096:
+                self._hosts.clear()  # a client sending random hosts must not grow this forever
+            self._hosts[raw] = host
+        return host
+
+    def next_turn(self, service: str) -> int:
+        turn = self._turns.get(service, 0)
+        self._turns[service] = turn + 1
+        return turn
