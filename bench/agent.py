@@ -170,7 +170,9 @@ def main() -> int:
         # A copy of the project, with the admin API on a free port, so a running demo is left alone.
         project = Path(scratch) / "project"
         shutil.copytree(args.project.resolve(), project, ignore=shutil.ignore_patterns(".devmesh"))
-        (project / "devmesh.local.toml").write_text('[proxy]\nadmin = "127.0.0.1:0"\nlisten = "127.0.0.1:0"\n')
+        (project / "devmesh.local.toml").write_text(
+            '[proxy]\nadmin = "127.0.0.1:0"\nlisten = "127.0.0.1:0"\n'
+        )
         env = {**os.environ, "NO_COLOR": "1"}
         script = Path(scratch) / "baseline.sh"
         script.write_text(shell_baseline(project))

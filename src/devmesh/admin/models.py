@@ -27,6 +27,7 @@ class AgentInfo(BaseModel):
     files: list[str]
     admin: str
     listen: str | None
+    https: str | None = None
     config_error: str | None = None
     revision: int
 

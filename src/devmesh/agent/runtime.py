@@ -177,11 +177,12 @@ class Agent:
         proxy_socket: socket.socket | None = None
         https_socket: socket.socket | None = None
         tls: ssl.SSLContext | None = None
+        tls_note: str | None = None
         try:
             proxy_socket = bind_tcp(config.proxy.listen, purpose="proxy", key="[proxy] listen")
             if config.proxy.https is not None:
                 https_socket = bind_tcp(config.proxy.https, purpose="HTTPS proxy", key="[proxy] https")
-                tls = await asyncio.to_thread(self._tls_context)
+                tls, tls_note = await asyncio.to_thread(self._tls_context)
         except AgentError:
             for sock in (admin_socket, proxy_socket, https_socket):
                 if sock is not None:
@@ -200,6 +201,8 @@ class Agent:
         if https_socket is not None:
             await self.proxy.start(https_socket, tls=tls)
             self.https_address = Address(*https_socket.getsockname()[:2])
+        if tls_note is not None:
+            logs.agent(tls_note)
         proxied = f"http://{self.listen_address}" + (
             f" and https://{self.https_address}" if self.https_address else ""
         )
@@ -384,6 +387,7 @@ class Agent:
                 files=[str(path) for path in self.loaded.files],
                 admin=str(self.admin_address),
                 listen=str(self.listen_address) if self.listen_address else None,
+                https=str(self.https_address) if self.https_address else None,
                 config_error=self.config_error,
                 revision=self.state.snapshot.revision,
             ),
@@ -439,15 +443,23 @@ class Agent:
                 env[f"DEVMESH_{name.upper().replace('-', '_')}_URL"] = url
         return env
 
-    def _tls_context(self) -> ssl.SSLContext:
+    def _tls_context(self) -> tuple[ssl.SSLContext, str | None]:
+        """The HTTPS listener's context, with certificates for the mesh's names issued on demand by
+        devmesh's local CA (created on first use); and a note for the terminal if it was just created."""
         from devmesh.tls import CAError, LocalCA
 
         try:
-            ca = LocalCA.load()
+            ca, created = LocalCA.load_or_create()
         except CAError as error:
             raise AgentError(f"[proxy] https is set, but {error}") from None
         domain = self.loaded.config.mesh.domain
-        return ca.server_context([domain, "localhost", "127.0.0.1", "::1"])
+        suffix = "." + domain
+        context = ca.server_context(
+            [domain, "localhost", "127.0.0.1", "::1"],
+            accept_name=lambda name: name == domain or name.endswith(suffix),
+        )
+        note = f"created a local certificate authority in {ca.directory}; run `devmesh trust` to trust it"
+        return context, note if created else None
 
     # -- control (the admin API calls these) ---------------------------------------------------------
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from devmesh.cli.trust import trust
+
 if TYPE_CHECKING:
     from devmesh.config import LoadedConfig
 
@@ -438,6 +440,10 @@ def init(force: bool) -> None:
     for service in detected:
         click.echo(f"  found {service.name} in {service.source}")
     click.echo(f"wrote {path}; start it with `devmesh up`")
+
+
+# Commands that live in their own module (their module imports only click at the top).
+app.add_command(trust)
 
 
 def run() -> None:

@@ -434,8 +434,8 @@ class Exchange:
             self.client.write(body)
 
     def on_response_end(self, upstream: UpstreamConnection) -> None:
-        if not self.response_head_done:
-            return  # the end of an interim response, or of one being retried
+        if not self.response_head_done or self.response_status == 101:
+            return  # the end of an interim response, of one being retried, or a switch of protocols
         if self.response_chunked:
             self.client.write(hdr.trailer_block(self.response_trailers))
         reusable = upstream.parser.should_keep_alive() and self.body_complete
@@ -452,8 +452,9 @@ class Exchange:
                 f"{self.endpoint.authority if self.endpoint else ''}: answered {status}".strip()
             )
         elif action == "head-done" and not self.done:
+            reusable = upstream.parser.should_keep_alive() and self.body_complete
             upstream.reset_parser()
-            self._finish(upstream, reusable=upstream.parser.should_keep_alive() and self.body_complete)
+            self._finish(upstream, reusable=reusable)
 
     def on_upstream_upgraded(self, upstream: UpstreamConnection, rest: bytes) -> None:
         """101 from the service: from now on both connections are one byte tunnel."""
