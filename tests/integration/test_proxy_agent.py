@@ -185,3 +185,30 @@ def test_one_gib_download_and_upload_stream_with_flat_agent_memory(project: Proj
 
         growth = max(download_memory.peak, upload_memory.peak) - baseline
         assert growth < 32 * 1024 * 1024, f"the agent grew by {growth / 2**20:.1f} MiB while moving 2 GiB"
+
+
+def test_restarting_a_service_drops_no_request(project: Project) -> None:
+    listen = bulk_project(project)
+    with running_agent(project) as agent:
+        agent.wait_healthy("bulk")
+        results: list[int] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set() and len(results) < 5000:
+                results.append(http(listen, "bulk.localhost", "/health")[0])
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        try:
+            time.sleep(0.3)
+            for _ in range(3):
+                agent.client.post("/api/v1/services/bulk/restart")
+                time.sleep(0.5)
+            agent.wait_healthy("bulk")
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            worker.join(30)
+        assert agent.service("bulk")["restarts"] >= 3
+        assert results and set(results) == {200}, f"statuses seen during restarts: {sorted(set(results))}"

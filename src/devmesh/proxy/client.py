@@ -44,10 +44,12 @@ class ClientConnection(asyncio.Protocol):
         "feeding",
         "header_bytes",
         "header_count",
+        "head_bytes_seen",
         "parser",
         "queue",
         "scheme",
         "server",
+        "starting_queued",
         "transport",
         "tunnel",
         "upgrade_pending",
@@ -64,8 +66,10 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()  # parsed, waiting behind the active one
         self.closed = False
         self.feeding = False
+        self.starting_queued = False
         self.header_bytes = 0
         self.header_count = 0
+        self.head_bytes_seen = 0
         self.deadline = _NO_DEADLINE
         self.deadline_kind = "idle"
         self.tunnel: UpstreamConnection | None = None
@@ -92,6 +96,8 @@ class ClientConnection(asyncio.Protocol):
         if tunnel is not None:
             tunnel.write(data)
             return
+        if self.closed:
+            return  # answered and closing: nothing more from this client is read
         if self.upgrade_pending is not None:
             self.upgrade_pending.append(data)
             if sum(map(len, self.upgrade_pending)) > self.server.limits.buffer_high:
@@ -115,6 +121,15 @@ class ClientConnection(asyncio.Protocol):
             self.feeding = False
             if self._up_out:
                 self._flush_upstream()
+        current = self.current
+        if current is not None and not current.headers_done and not self.closed:
+            # httptools reports a header only once its line ends: count the bytes of an unfinished
+            # head as they come, so that one endless line is refused at the limit, not buffered until
+            # the header timeout. (A read may also hold the end of the previous request: a slight
+            # over-count, on the safe side.)
+            self.head_bytes_seen += len(data)
+            if self.head_bytes_seen > self.server.limits.max_header_bytes + self.server.limits.max_url_bytes:
+                self._reject(431, "The request head is larger than devmesh accepts.")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -130,13 +145,16 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
 
     def pause_writing(self) -> None:
-        # The client reads slower than the service sends: stop reading from the service.
+        # The client reads slower than we write: stop reading from the service, and from the client
+        # too (more pipelined requests would only add answers it does not read).
+        self.pause_reading("client-slow")
         if self.tunnel is not None:
             self.tunnel.pause_reading()
         elif self.active is not None and self.active.upstream is not None:
             self.active.upstream.pause_reading()
 
     def resume_writing(self) -> None:
+        self.resume_reading("client-slow")
         if self.tunnel is not None:
             self.tunnel.resume_reading()
         elif self.active is not None and self.active.upstream is not None:
@@ -146,6 +164,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.current = Exchange(self)
+        self.head_bytes_seen = 0
         self.header_bytes = 0
         self.header_count = 0
         self.deadline = self.server.loop.time() + self.server.limits.header_timeout_s
@@ -180,6 +199,8 @@ class ClientConnection(asyncio.Protocol):
         assert exchange is not None
         parser = self.parser
         exchange.headers_done = True
+        if self.closed:
+            return  # a request pipelined behind one answered with a close: never forwarded
         exchange.method = parser.get_method()
         if parser.get_http_version() == "1.0":
             exchange.http_minor = 0
@@ -256,6 +277,9 @@ class ClientConnection(asyncio.Protocol):
     def pause_reading(self, reason: str = "buffer") -> None:
         if not self._pause_reasons and self.transport is not None and not self.closed:
             self.transport.pause_reading()
+            if self.deadline_kind == "body":
+                # The proxy stopped reading, not the client: no body timeout while paused.
+                self.deadline = _NO_DEADLINE
         self._pause_reasons.add(reason)
 
     def resume_reading(self, reason: str = "buffer") -> None:
@@ -264,6 +288,8 @@ class ClientConnection(asyncio.Protocol):
             reasons.discard(reason)
             if not reasons and self.transport is not None and not self.closed:
                 self.transport.resume_reading()
+                if self.deadline_kind == "body" and self.current is not None:
+                    self.deadline = self.server.loop.time() + self.server.limits.body_idle_timeout_s
 
     def exchange_done(self, exchange: Exchange) -> None:
         if exchange is not self.active:
@@ -273,11 +299,23 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         if self.queue:
-            following = self.queue.popleft()
-            if not self.queue:
-                self.resume_reading("pipeline")
-            self.active = following
-            following.start()
+            if self.starting_queued:
+                return  # the loop below, further up the stack, starts the next one
+            # A loop, not recursion: requests the proxy answers itself finish inside `start()`, and a
+            # long pipeline of them would otherwise nest one call per request.
+            self.starting_queued = True
+            try:
+                while self.active is None and self.queue and not self.closed:
+                    following = self.queue.popleft()
+                    if not self.queue:
+                        self.resume_reading("pipeline")
+                    self.active = following
+                    following.start()
+            finally:
+                self.starting_queued = False
+            if self.active is None and not self.queue and self.current is None and not self.closed:
+                self.deadline = self.server.loop.time() + self.server.limits.keepalive_timeout_s
+                self.deadline_kind = "idle"
         elif self.current is None:
             self.deadline = self.server.loop.time() + self.server.limits.keepalive_timeout_s
             self.deadline_kind = "idle"
@@ -320,9 +358,16 @@ class ClientConnection(asyncio.Protocol):
     def _reject(self, status: int, message: str) -> None:
         """Answer a request that cannot be parsed or is over a limit, then close: the rest of the
         stream cannot be trusted to start at a request boundary."""
-        if self.active is None and not self.closed:
+        page = ErrorPage(status, _TITLES.get(status, "Bad Request"), message)
+        active = self.active
+        if active is not None and not active.response_started and not active.done and not self.closed:
+            # A framing error in the body of a request already on its way: cancel it upstream, and
+            # say why to the client, which has had no answer yet.
+            active.keep_alive = False
+            active.respond_error(page)
+        elif active is None and not self.closed:
             accept = self.current.accept if self.current is not None else None
-            self.write(response_bytes(ErrorPage(status, _TITLES.get(status, "Bad Request"), message), accept))
+            self.write(response_bytes(page, accept))
             self.server.stats.count("-", "-", status, 0.0)
         self.current = None
         self.close()

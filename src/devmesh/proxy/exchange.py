@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from devmesh.mesh.snapshot import Endpoint, ServiceView
+from devmesh.mesh.snapshot import Endpoint, RunState, ServiceView
 from devmesh.proxy import headers as hdr
 from devmesh.proxy.observe import RequestRecord
 from devmesh.proxy.pages import ErrorPage, response_bytes
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_TWO_HOSTS = b"\x00two"  # never a valid host: marks a request with two Host headers
 
 
 class Exchange:
@@ -68,9 +69,11 @@ class Exchange:
         "traceparent",
         "trailers",
         "tried",
+        "unsupported_coding",
         "upgrade",
         "upstream",
         "view",
+        "wait_deadline",
     )
 
     def __init__(self, client: ClientConnection) -> None:
@@ -90,6 +93,7 @@ class Exchange:
         self.traceparent: bytes | None = None
         self.trace_id = ""
         self.chunked = False
+        self.unsupported_coding: bytes | None = None
         self.content_length: bytes | None = None
         self.expect_continue = False
         self.upgrade: bytes | None = None
@@ -119,6 +123,7 @@ class Exchange:
         self.response_trailers: hdr.Headers = []
         self.close_after = False
         self.done = False
+        self.wait_deadline = 0.0
 
     # -- request side (called by the client connection) ---------------------------------------------
 
@@ -129,12 +134,16 @@ class Exchange:
             lowered = name.lower()
             if lowered == b"transfer-encoding":
                 self.chunked = True
+                if value.strip().lower() != b"chunked":
+                    # gzip, chunked and the like: the service would take coded bytes for the body.
+                    self.unsupported_coding = value
             elif lowered == b"x-devmesh-trace-id":
                 self.trace_header = value
         else:
             lowered = name.lower()
             if lowered == b"host":
-                self.host_raw = value
+                # Two Host headers: the service may read the other one than the proxy routed on.
+                self.host_raw = value if self.host_raw is None else _TWO_HOSTS
             elif lowered == b"accept":
                 self.accept = value
             elif lowered == b"content-length":
@@ -189,6 +198,14 @@ class Exchange:
                 )
             )
             return
+        if self.unsupported_coding is not None:
+            coding = self.unsupported_coding.decode("latin-1")
+            self.respond_error(
+                ErrorPage(
+                    501, "Not implemented", f"Transfer-Encoding {coding!r}: devmesh accepts only chunked."
+                )
+            )
+            return
         if target[:1] != b"/" and not self._absolute_form():
             return
         if self.host_raw is None:
@@ -197,9 +214,18 @@ class Exchange:
                 return
             self.host_raw = b""
         host = server.host_name(self.host_raw)
+        if host is None:
+            message = (
+                "The request has two Host headers."
+                if self.host_raw is _TWO_HOSTS
+                else "The Host header is not a host name with an optional port."
+            )
+            self.host_raw = b""
+            self.respond_error(ErrorPage(400, "Bad Request", message))
+            return
         self.host = host
         table = server.route_table()
-        path = target.decode("latin-1")
+        path = self.target.decode("latin-1")
         view = table.match(host, path)
         self.trace_id, self.traceparent = hdr.trace_context(self.traceparent, self.trace_header)
         if view is None:
@@ -215,18 +241,35 @@ class Exchange:
             return
         self.view = view
         endpoints = select_endpoints(view, server.next_turn(view.name))
+        if not endpoints and view.state == RunState.STARTING:
+            server.wait_for_start(self, view.name)
+            return
         if not endpoints:
             message, hint = describe_unavailable(view)
             self.respond_error(ErrorPage(503, "Service unavailable", message, hint=hint, service=view.name))
             return
         self.candidates = endpoints
-        self.retries_left = server.retries if self.method in IDEMPOTENT else 0
-        if self.retries_left and self.upgrade is None and self.pending_bytes <= server.replay_limit:
-            # Body that arrived while the request waited its turn counts toward what a retry resends.
-            self.replay = list(self.pending)
-            self.replay_bytes = self.pending_bytes
+        if self.attempt == 0:
+            self.retries_left = server.retries
+            if self.upgrade is None and self.pending_bytes <= server.replay_limit:
+                # Body that arrived while the request waited its turn counts toward what a retry resends.
+                self.replay = list(self.pending)
+                self.replay_bytes = self.pending_bytes
         self.request_head = self._request_head()
         self._send_to(endpoints[0])
+
+    def still_starting(self, waited_s: float) -> None:
+        view = self.view
+        name = view.name if view is not None else "the service"
+        self.respond_error(
+            ErrorPage(
+                503,
+                "Service unavailable",
+                f"{name} is still starting after {waited_s:g} s.",
+                hint=f"see `devmesh logs {name}`; `devmesh status` shows its state and health",
+                service=view.name if view is not None else None,
+            )
+        )
 
     def _absolute_form(self) -> bool:
         """`GET http://api.localhost/x HTTP/1.1` (a client told to use devmesh as its HTTP proxy):
@@ -241,6 +284,9 @@ class Exchange:
         authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
         self.host_raw = authority
         self.target = path
+        # The service must see the host the request was routed by (RFC 9112 §3.2.2).
+        self.headers = [(name, value) for name, value in self.headers if name.lower() != b"host"]
+        self.headers.insert(0, (b"Host", authority))
         return True
 
     def _request_head(self) -> bytes:
@@ -284,7 +330,9 @@ class Exchange:
             if self.done:
                 return
             reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
-            self._failed(f"{endpoint.origin.value} {endpoint.authority}: cannot connect ({reason.lower()})")
+            self._failed(
+                f"{endpoint.origin.value} {endpoint.authority}: cannot connect ({reason.lower()})", sent=False
+            )
             return
         self.connecting = False
         if self.done:
@@ -297,28 +345,35 @@ class Exchange:
         upstream.exchange = self
         upstream.deadline = self.client.server.loop.time() + self.client.server.timeout_s
         head = self.request_head
-        if self.replay is not None and self.attempt > 1:
-            data = b"".join([head, *self.replay])
-        elif self.pending:
-            data = b"".join([head, *self.pending])
-        else:
-            data = head
+        # `replay`, while kept, holds every body byte received so far, `pending` only the unsent ones.
+        body = self.replay if self.replay is not None else self.pending
+        data = b"".join([head, *body]) if body else head
         self.pending = []
         if self.pending_bytes:
             self.pending_bytes = 0
             self.client.resume_reading()
         self.client.write_upstream(upstream, data)
 
-    def _failed(self, reason: str) -> None:
-        """This endpoint did not answer usefully: try the next one, or say what was tried."""
+    def _failed(self, reason: str, *, sent: bool) -> None:
+        """This endpoint did not answer usefully: try the next one, or say what was tried.
+
+        `sent`: the service may have acted on the request. Then only idempotent methods are tried again;
+        a request that never left (connection refused) is safe to send elsewhere whatever its method.
+        """
         self.tried.append(reason)
-        stats = self.client.server.stats
+        server = self.client.server
+        stats = server.stats
         service = self.view.name if self.view is not None else "-"
         stats.upstream_error(service)
-        if self._can_retry():
+        if self._can_retry(sent=sent):
             stats.retry(service)
             self.retries_left -= 1
             self._send_to(self.candidates[self.attempt % len(self.candidates)])
+            return
+        current = server.state.snapshot.services.get(service)
+        if current is not None and current.state == RunState.STARTING and self._can_resend(sent=sent):
+            # The service went down for a restart between routing and connecting: wait for it.
+            server.wait_for_start(self, service)
             return
         view = self.view
         name = view.name if view is not None else "the service"
@@ -333,8 +388,11 @@ class Exchange:
             )
         )
 
-    def _can_retry(self) -> bool:
-        if self.retries_left <= 0 or self.response_started or self.client.closed:
+    def _can_retry(self, *, sent: bool) -> bool:
+        return self.retries_left > 0 and self._can_resend(sent=sent)
+
+    def _can_resend(self, *, sent: bool) -> bool:
+        if self.response_started or self.client.closed or (sent and self.method not in IDEMPOTENT):
             return False
         # Without the whole body in hand (replay dropped), a retry would send half a request.
         return self.replay is not None
@@ -352,7 +410,7 @@ class Exchange:
                 self.interim_sent = True
             return
         upstream.deadline = 0.0
-        if status in RETRY_STATUSES and self._can_retry():
+        if status in RETRY_STATUSES and self._can_retry(sent=True):
             # Retried on the next endpoint once the parser is done with this response.
             self.response_status = status
             upstream.after_feed("retry")
@@ -449,7 +507,8 @@ class Exchange:
             upstream.close()
             self._failed(
                 f"{self.endpoint.origin.value if self.endpoint else ''} "
-                f"{self.endpoint.authority if self.endpoint else ''}: answered {status}".strip()
+                f"{self.endpoint.authority if self.endpoint else ''}: answered {status}".strip(),
+                sent=True,
             )
         elif action == "head-done" and not self.done:
             reusable = upstream.parser.should_keep_alive() and self.body_complete
@@ -477,7 +536,9 @@ class Exchange:
             self._log()
             self.done = True
             return
-        self._failed(f"{self.endpoint.authority if self.endpoint else '?'}: invalid response ({reason})")
+        self._failed(
+            f"{self.endpoint.authority if self.endpoint else '?'}: invalid response ({reason})", sent=True
+        )
 
     def on_upstream_lost(self, upstream: UpstreamConnection, exc: Exception | None) -> None:
         self.upstream = None
@@ -495,7 +556,7 @@ class Exchange:
                 self._log()
                 self.done = True
             return
-        if upstream.reused and self.replay is not None and not self.client.closed:
+        if upstream.reused and self._can_resend(sent=True):
             # A pooled connection the service had just closed: not the service's fault, try afresh.
             endpoint = self.endpoint
             if endpoint is not None:
@@ -503,7 +564,7 @@ class Exchange:
                 self._send_to(endpoint)
                 return
         reason = "connection closed before a response"
-        self._failed(f"{self.endpoint.authority if self.endpoint else '?'}: {reason}")
+        self._failed(f"{self.endpoint.authority if self.endpoint else '?'}: {reason}", sent=True)
 
     def on_upstream_timeout(self, upstream: UpstreamConnection) -> None:
         upstream.abort()
@@ -541,7 +602,13 @@ class Exchange:
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
-        close = page.status in (400, 405, 408, 413, 414, 431) or not self.keep_alive or not self.body_complete
+        # After an Upgrade request the client may already be speaking the new protocol: close.
+        close = (
+            page.status in (400, 405, 408, 413, 414, 431, 501)
+            or not self.keep_alive
+            or not self.body_complete
+            or self.upgrade is not None
+        )
         self.response_status = page.status
         self.response_head_done = True
         self.response_started = True

@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import ssl
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devmesh import const
-from devmesh.mesh.snapshot import MeshState
+from devmesh.mesh.snapshot import MeshSnapshot, MeshState, RunState
 from devmesh.proxy.client import ClientConnection
 from devmesh.proxy.observe import AccessLog, RequestStats
 from devmesh.proxy.upstream import UpstreamPool
-from devmesh.routing.table import RouteTable, normalize_host
+from devmesh.routing.table import RouteTable, normalize_host, select_endpoints
+
+if TYPE_CHECKING:
+    from devmesh.proxy.exchange import Exchange
+
+
+# A reg-name or IPv4 address with an optional port, or a bracketed IPv6 literal (RFC 9110 §7.2); empty
+# is allowed (HTTP/1.0 without Host goes to the root host).
+_HOST_HEADER_RE = re.compile(rb"^(?:[A-Za-z0-9._~-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +46,7 @@ class ProxyLimits:
     sweep_interval_s: float = const.PROXY_SWEEP_INTERVAL_S
     upstream_idle_timeout_s: float = const.PROXY_UPSTREAM_IDLE_TIMEOUT_S
     connect_timeout_s: float = const.PROXY_CONNECT_TIMEOUT_S
+    start_wait_s: float = const.PROXY_START_WAIT_S
 
 
 class ProxyServer:
@@ -56,6 +66,7 @@ class ProxyServer:
         self.limits = limits or ProxyLimits()
         self.replay_limit = self.limits.replay_max_bytes
         self.buffer_high = self.limits.buffer_high
+        self.start_wait_s = self.limits.start_wait_s
         self.stats = RequestStats()
         self.pool = UpstreamPool(
             idle_timeout_s=self.limits.upstream_idle_timeout_s,
@@ -70,6 +81,9 @@ class ProxyServer:
         self._turns: dict[str, int] = {}
         self._hosts: dict[bytes, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Requests for a service that is (re)starting, by service: answered once it is up.
+        self._waiting: dict[str, list[Exchange]] = {}
+        state.subscribe(self._on_snapshot)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -121,6 +135,7 @@ class ProxyServer:
             for connection in list(self.connections):
                 connection.check_deadline(now)
             self.pool.sweep(now)
+            self._expire_waiting(now)
 
     # -- per request --------------------------------------------------------------------------------
 
@@ -131,14 +146,50 @@ class ProxyServer:
             self._table_snapshot = snapshot
         return self._table
 
-    def host_name(self, raw: bytes) -> str:
+    def host_name(self, raw: bytes) -> str | None:
+        """The normalized host of a Host header; None if it is not `host[:port]` (it is pasted into
+        Forwarded and X-Forwarded-Host, so nothing else may pass)."""
         host = self._hosts.get(raw)
         if host is None:
-            host = normalize_host(raw.decode("latin-1"))
+            if not _HOST_HEADER_RE.match(raw):
+                return None
+            host = normalize_host(raw.decode("ascii"))
             if len(self._hosts) > 4096:
                 self._hosts.clear()  # a client sending random hosts must not grow this forever
             self._hosts[raw] = host
         return host
+
+    # -- requests waiting for a service to start -----------------------------------------------------
+
+    def wait_for_start(self, exchange: Exchange, service: str) -> None:
+        """Hold `exchange` until `service` has a healthy endpoint (a restart after a code change, the
+        first seconds of `devmesh up`), for at most `start_wait_s`."""
+        exchange.wait_deadline = self.loop.time() + self.start_wait_s
+        self._waiting.setdefault(service, []).append(exchange)
+
+    def _on_snapshot(self, snapshot: MeshSnapshot) -> None:
+        if not self._waiting:
+            return
+        for name in list(self._waiting):
+            view = snapshot.services.get(name)
+            if view is not None and view.state == RunState.STARTING and not select_endpoints(view):
+                continue
+            # Up, gone, stopped or crashed: routing again gives the answer (forward, 404 or 503).
+            for exchange in self._waiting.pop(name):
+                if not exchange.done:
+                    self.loop.call_soon(exchange.start)
+
+    def _expire_waiting(self, now: float) -> None:
+        for name, waiting in list(self._waiting.items()):
+            late = [exchange for exchange in waiting if exchange.done or now > exchange.wait_deadline]
+            if not late:
+                continue
+            self._waiting[name] = [exchange for exchange in waiting if exchange not in late]
+            if not self._waiting[name]:
+                del self._waiting[name]
+            for exchange in late:
+                if not exchange.done:
+                    exchange.still_starting(self.start_wait_s)
 
     def next_turn(self, service: str) -> int:
         turn = self._turns.get(service, 0)

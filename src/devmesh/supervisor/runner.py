@@ -226,6 +226,14 @@ class ServiceRunner:
             if healthy_for >= const.RESTART_BACKOFF_RESET_AFTER_S:
                 failures = 0
             if not exit_wait.done():  # stop or restart asked for
+                # Out of the route table before the signal: new requests wait for the next process (or
+                # get a 503) instead of meeting one that is shutting down.
+                self._set_health(Health.UNKNOWN)
+                if not self._stop_event.is_set():
+                    self._set_state(RunState.STARTING, detail=f"restarting: {self._restart_reason}")
+                else:
+                    self._notify()
+                await asyncio.sleep(0)  # let the new snapshot be published before the signal goes
                 code = await stop_group(spawned, grace_s=self.spec.stop_grace)
                 exit_wait.cancel()
                 await self._finish_pump(pump_task)

@@ -36,15 +36,31 @@ async def test_a_503_is_retried_for_get_with_its_body_replayed() -> None:
             assert len(busy.requests) == 1 and busy.requests[0].body == b"payload"
 
 
-async def test_post_is_not_retried_and_a_failed_post_says_what_was_tried() -> None:
+async def test_post_is_retried_only_when_it_never_reached_the_service() -> None:
+    async def unavailable(_request: Message, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(response(503, b"busy"))
+
     async with backend() as alive, running_proxy(two_endpoints(refused_port(), alive.port)) as proxy:
         proxy.server._turns["api"] = 0
         answer = await proxy.request("api.localhost", "/orders", method="POST", body=b"{}")
+        assert answer.status == 200 and answer.body == b"{}", "a refused connection: the POST never left"
+
+    async with backend(unavailable) as busy, backend() as alive:
+        async with running_proxy(two_endpoints(busy.port, alive.port)) as proxy:
+            proxy.server._turns["api"] = 0
+            answer = await proxy.request("api.localhost", "/orders", method="POST", body=b"{}")
+            assert answer.status == 503, "the service saw the POST: sending it again could charge twice"
+            assert alive.requests == []
+
+
+async def test_when_nothing_answers_the_page_says_what_was_tried() -> None:
+    async with running_proxy(two_endpoints(refused_port(), refused_port())) as proxy:
+        answer = await proxy.request("api.localhost", "/orders", method="POST", body=b"{}")
         assert answer.status == 502
         page = json.loads(answer.body)
-        assert page["service"] == "api" and "cannot connect" in page["tried"][0]
+        assert page["service"] == "api" and len(page["tried"]) == 3
+        assert all("cannot connect" in attempt for attempt in page["tried"])
         assert "devmesh logs api" in page["hint"]
-        assert alive.requests == []
 
 
 async def test_when_every_endpoint_fails_the_last_answer_is_passed_on() -> None:
@@ -122,3 +138,30 @@ async def test_unhealthy_endpoints_are_skipped_and_served_by_names_the_endpoint(
             assert answer.status == 200
             assert answer.header("x-devmesh-served-by") == "local/api@1.0.0"
         assert sick.requests == []
+
+
+async def test_a_request_for_a_starting_service_waits_for_it_instead_of_failing() -> None:
+    from devmesh.mesh.snapshot import RunState
+
+    async with (
+        backend() as api,
+        running_proxy(service_view("api", api.port, healthy=False, state=RunState.STARTING)) as proxy,
+    ):
+        pending = asyncio.ensure_future(proxy.request("api.localhost", "/early"))
+        await asyncio.sleep(0.2)
+        assert not pending.done(), "answered before the service was up"
+        proxy.publish(service_view("api", api.port))  # it turns healthy
+        answer = await asyncio.wait_for(pending, 5)
+        assert answer.status == 200 and answer.header("x-echo-target") == "/early"
+
+
+async def test_a_service_that_never_comes_up_gets_a_503_after_the_wait() -> None:
+    from devmesh.mesh.snapshot import RunState
+    from devmesh.proxy.server import ProxyLimits
+
+    limits = ProxyLimits(start_wait_s=0.3, sweep_interval_s=0.05)
+    view = service_view("api", refused_port(), healthy=False, state=RunState.STARTING)
+    async with running_proxy(view, limits=limits) as proxy:
+        answer = await proxy.request("api.localhost")
+        assert answer.status == 503
+        assert "still starting" in json.loads(answer.body)["message"]
