@@ -8,7 +8,7 @@ from __future__ import annotations
 # Config
 CONFIG_NAMES = ("devmesh.toml", "devmesh.yaml", "devmesh.yml")
 STATE_DIR_NAME = ".devmesh"
-CONFIG_RELOAD_DEBOUNCE_MS = 100
+CONFIG_POLL_INTERVAL_S = 0.1  # config files are polled: changes apply within ~0.2 s
 
 # Default addresses (DESIGN §2)
 DEFAULT_LISTEN = "127.0.0.1:7080"

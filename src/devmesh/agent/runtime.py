@@ -315,26 +315,27 @@ class Agent:
                 logs.agent(f"  {entry.name:<16} {entry.url}")
 
     async def _watch_config(self, logs: LogSink) -> None:
-        from watchfiles import awatch
+        """Reload when a config file, an overlay or `.env` beside it changes.
 
+        Polled on the loop (a scandir of one folder every CONFIG_POLL_INTERVAL_S), not watched by a
+        watchfiles thread: that thread takes the GIL back every few milliseconds, and each time the
+        proxy's requests in flight wait for it.
+        """
         project_dir = self.loaded.project_dir
-
-        def is_config(_change: object, path: str) -> bool:
-            candidate = Path(path)
-            if candidate.parent != project_dir:
-                return False
-            name = candidate.name
-            return name == ".env" or (
-                name.startswith("devmesh.") and name.endswith((".toml", ".yaml", ".yml"))
-            )
-
-        async for _changes in awatch(
-            project_dir,
-            watch_filter=is_config,
-            debounce=const.CONFIG_RELOAD_DEBOUNCE_MS,
-            step=25,
-            recursive=False,
-        ):
+        seen = _config_signature(project_dir)
+        while True:
+            await asyncio.sleep(const.CONFIG_POLL_INTERVAL_S)
+            current = _config_signature(project_dir)
+            if current == seen:
+                continue
+            # Wait for the editor to finish writing (several files, or a write in pieces).
+            while True:
+                await asyncio.sleep(const.CONFIG_POLL_INTERVAL_S)
+                settled = _config_signature(project_dir)
+                if settled == current:
+                    break
+                current = settled
+            seen = current
             await self.reload(logs)
 
     async def reload(self, logs: LogSink) -> None:
@@ -482,6 +483,23 @@ class Agent:
     async def unregister(self, name: str) -> None:
         assert self.supervisor is not None
         await self.supervisor.unregister(name)
+
+
+def _config_signature(project_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """(mtime, size, inode) of each config file, overlay and `.env` in the project folder: file times
+    are coarse (a few ms), and an editor that saves by renaming changes the inode."""
+    signature: dict[str, tuple[int, int, int]] = {}
+    try:
+        entries = list(os.scandir(project_dir))
+    except OSError:
+        return signature
+    for entry in entries:
+        name = entry.name
+        if name == ".env" or (name.startswith("devmesh.") and name.endswith((".toml", ".yaml", ".yml"))):
+            with contextlib.suppress(OSError):
+                stat = entry.stat()
+                signature[name] = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    return signature
 
 
 def run_agent(loaded: LoadedConfig, *, services: Sequence[str] | None = None) -> int:

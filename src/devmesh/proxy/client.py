@@ -33,6 +33,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_out",
         "_pause_reasons",
+        "_saved_deadline",
         "_up_out",
         "_up_target",
         "active",
@@ -42,9 +43,10 @@ class ClientConnection(asyncio.Protocol):
         "deadline",
         "deadline_kind",
         "feeding",
+        "head_bytes_seen",
+        "body_progress",
         "header_bytes",
         "header_count",
-        "head_bytes_seen",
         "parser",
         "queue",
         "scheme",
@@ -70,12 +72,14 @@ class ClientConnection(asyncio.Protocol):
         self.header_bytes = 0
         self.header_count = 0
         self.head_bytes_seen = 0
+        self.body_progress = False
         self.deadline = _NO_DEADLINE
         self.deadline_kind = "idle"
         self.tunnel: UpstreamConnection | None = None
         # Bytes that follow an Upgrade request, held until the service agrees to switch.
         self.upgrade_pending: list[bytes] | None = None
         self._pause_reasons: set[str] = set()
+        self._saved_deadline = (_NO_DEADLINE, "idle")
         self._out: list[bytes] | None = None
         self._up_out: list[bytes] = []
         self._up_target: UpstreamConnection | None = None
@@ -130,6 +134,16 @@ class ClientConnection(asyncio.Protocol):
             self.head_bytes_seen += len(data)
             if self.head_bytes_seen > self.server.limits.max_header_bytes + self.server.limits.max_url_bytes:
                 self._reject(431, "The request head is larger than devmesh accepts.")
+        elif current is not None and not self.closed:
+            # The same for trailers: reads that bring no body byte and end no message pile up inside
+            # httptools until they are refused here.
+            if self.body_progress:
+                self.head_bytes_seen = 0
+            else:
+                self.head_bytes_seen += len(data)
+                if self.head_bytes_seen > self.server.limits.max_header_bytes:
+                    self._reject(431, "The request trailers are larger than devmesh accepts.")
+        self.body_progress = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -148,6 +162,11 @@ class ClientConnection(asyncio.Protocol):
         # The client reads slower than we write: stop reading from the service, and from the client
         # too (more pipelined requests would only add answers it does not read).
         self.pause_reading("client-slow")
+        # A client that stops reading for good (slow-read slowloris) would hold both connections
+        # forever: it has until body_idle_timeout_s to read again (nginx's send_timeout).
+        self._saved_deadline = (self.deadline, self.deadline_kind)
+        self.deadline = self.server.loop.time() + self.server.limits.body_idle_timeout_s
+        self.deadline_kind = "send"
         if self.tunnel is not None:
             self.tunnel.pause_reading()
         elif self.active is not None and self.active.upstream is not None:
@@ -155,6 +174,8 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.resume_reading("client-slow")
+        if self.deadline_kind == "send":
+            self.deadline, self.deadline_kind = self._saved_deadline
         if self.tunnel is not None:
             self.tunnel.resume_reading()
         elif self.active is not None and self.active.upstream is not None:
@@ -199,6 +220,7 @@ class ClientConnection(asyncio.Protocol):
         assert exchange is not None
         parser = self.parser
         exchange.headers_done = True
+        self.body_progress = True
         if self.closed:
             return  # a request pipelined behind one answered with a close: never forwarded
         exchange.method = parser.get_method()
@@ -224,6 +246,7 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         exchange = self.current
         assert exchange is not None
+        self.body_progress = True
         if self.deadline_kind == "body" and not self._pause_reasons:
             self.deadline = self.server.loop.time() + self.server.limits.body_idle_timeout_s
         exchange.on_request_body(body)
@@ -352,6 +375,10 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.deadline_kind == "header" and self.active is None:
             self._reject(408, "The request headers did not arrive in time.")
+        elif self.deadline_kind == "send" and self.transport is not None:
+            # close() would wait for the client to read what is buffered; it will not.
+            self.closed = True
+            self.transport.abort()
         else:
             self.close()
 

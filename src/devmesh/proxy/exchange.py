@@ -14,7 +14,7 @@ from devmesh.mesh.snapshot import Endpoint, RunState, ServiceView
 from devmesh.proxy import headers as hdr
 from devmesh.proxy.observe import RequestRecord
 from devmesh.proxy.pages import ErrorPage, response_bytes
-from devmesh.routing.table import describe_unavailable, select_endpoints
+from devmesh.routing.table import describe_unavailable
 
 if TYPE_CHECKING:
     from devmesh.proxy.client import ClientConnection
@@ -240,7 +240,7 @@ class Exchange:
             )
             return
         self.view = view
-        endpoints = select_endpoints(view, server.next_turn(view.name))
+        endpoints = server.endpoints_for(view)
         if not endpoints and view.state == RunState.STARTING:
             server.wait_for_start(self, view.name)
             return
@@ -648,13 +648,7 @@ class Exchange:
 
     def _served_by(self) -> bytes:
         endpoint = self.endpoint
-        if endpoint is None:
-            return b"devmesh"
-        where = endpoint.peer_id or endpoint.origin.value
-        version = endpoint.version
-        if version:
-            return f"{where}/{endpoint.service}@{version}".encode()
-        return f"{where}/{endpoint.service}".encode()
+        return b"devmesh" if endpoint is None else self.client.server.served_by(endpoint)
 
     def _log(self) -> None:
         server = self.client.server

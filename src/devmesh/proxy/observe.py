@@ -110,6 +110,7 @@ class AccessLog:
     `kept` records stay in memory for the dashboard and `devmesh replay`."""
 
     def __init__(self, path: Path | None, log_format: AccessLogFormat, *, kept: int = 1000) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by the server: no lookup per request
         self.path = path
         self.format = log_format
         self.recent: deque[RequestRecord] = deque(maxlen=max(kept, 1))
@@ -123,7 +124,8 @@ class AccessLog:
             return
         self._pending.append(entry)
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(const.ACCESS_LOG_FLUSH_S, self.flush)
+            loop = self.loop if self.loop is not None else asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(const.ACCESS_LOG_FLUSH_S, self.flush)
 
     def flush(self) -> None:
         self._flush_handle = None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from devmesh import const
-from devmesh.mesh.snapshot import MeshSnapshot, MeshState, RunState
+from devmesh.mesh.snapshot import Endpoint, MeshSnapshot, MeshState, RunState, ServiceView
 from devmesh.proxy.client import ClientConnection
 from devmesh.proxy.observe import AccessLog, RequestStats
 from devmesh.proxy.upstream import UpstreamPool
@@ -79,6 +79,8 @@ class ProxyServer:
         self._table: RouteTable | None = None
         self._table_snapshot: object = None
         self._turns: dict[str, int] = {}
+        self._endpoints: dict[str, list[Endpoint]] = {}
+        self._served_by: dict[int, bytes] = {}
         self._hosts: dict[bytes, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         # Requests for a service that is (re)starting, by service: answered once it is up.
@@ -95,6 +97,9 @@ class ProxyServer:
     async def start(self, sock: socket.socket, *, tls: ssl.SSLContext | None = None) -> None:
         """Serve on a bound, listening socket (bound by the caller, so a busy port names its config key)."""
         self._loop = asyncio.get_running_loop()
+        self.pool.clock = self._loop.time
+        if self.access_log is not None:
+            self.access_log.loop = self._loop
         scheme = b"https" if tls is not None else b"http"
         server = await self._loop.create_server(
             lambda: ClientConnection(self, scheme), sock=sock, ssl=tls, backlog=1024
@@ -144,7 +149,29 @@ class ProxyServer:
         if snapshot is not self._table_snapshot or self._table is None:
             self._table = RouteTable.build(snapshot)
             self._table_snapshot = snapshot
+            self._endpoints = {}
+            self._served_by = {}
         return self._table
+
+    def endpoints_for(self, view: ServiceView) -> list[Endpoint]:
+        """`select_endpoints` for the current table, computed once per snapshot for a single endpoint
+        (the common case); rotated per request when there are several."""
+        endpoints = self._endpoints.get(view.name)
+        if endpoints is None:
+            endpoints = self._endpoints[view.name] = select_endpoints(view)
+        if len(endpoints) < 2:
+            return endpoints
+        return select_endpoints(view, self.next_turn(view.name))
+
+    def served_by(self, endpoint: Endpoint) -> bytes:
+        """`X-DevMesh-Served-By` for `endpoint`: `<peer or origin>/<service>[@<version>]`."""
+        value = self._served_by.get(id(endpoint))
+        if value is None:
+            where = endpoint.peer_id or endpoint.origin.value
+            text = f"{where}/{endpoint.service}" + (f"@{endpoint.version}" if endpoint.version else "")
+            # Keyed by identity: the endpoint lives in the snapshot this cache is cleared with.
+            value = self._served_by[id(endpoint)] = text.encode()
+        return value
 
     def host_name(self, raw: bytes) -> str | None:
         """The normalized host of a Host header; None if it is not `host[:port]` (it is pasted into

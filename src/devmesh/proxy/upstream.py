@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
@@ -201,6 +203,7 @@ class UpstreamPool:
         self.idle_timeout_s = idle_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.opened = 0  # connections ever opened: tests and the benchmark read it to see reuse
+        self.clock: Callable[[], float] = time.monotonic  # the loop's time, set by the server
 
     def acquire(self, key: EndpointKey) -> UpstreamConnection | None:
         idle = self.idle.get(key)
@@ -236,7 +239,8 @@ class UpstreamPool:
         if connection.writing_paused:
             connection.close()
             return
-        connection.idle_since = asyncio.get_running_loop().time()
+        # The loop's clock, through the transport's loop: asyncio.get_running_loop() costs a getpid().
+        connection.idle_since = self.clock()
         idle.append(connection)
 
     def forget(self, connection: UpstreamConnection) -> None:
