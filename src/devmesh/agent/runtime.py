@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import importlib
 import ipaddress
 import os
@@ -237,6 +238,12 @@ class Agent:
             admin_module = await asyncio.to_thread(importlib.import_module, "devmesh.admin.app")
             admin = _EmbeddedUvicorn(admin_module.create_admin_app(self), admin_socket)
             await admin.start()
+            # Everything imported so far lives as long as the agent: keep it out of the collector's
+            # full passes, which would otherwise walk ~100k objects of FastAPI and pydantic in the
+            # middle of proxied requests.
+            gc.collect()
+            gc.freeze()
+            gc.enable()
             write_agent_record(
                 self.paths,
                 AgentRecord(

@@ -151,8 +151,15 @@ def up(ctx: click.Context, services: tuple[str, ...], detach: bool, timeout: flo
       devmesh up
       devmesh up api --detach
     """
+    import gc
+
+    # Start-up allocates hundreds of thousands of long-lived objects (config schema, FastAPI): the
+    # cyclic collector would walk them again and again for nothing. The agent turns it back on, with
+    # those objects frozen, once it is up.
+    gc.disable()
     loaded = _load(ctx)
     if detach:
+        gc.enable()
         _up_detached(ctx, loaded, list(services), timeout)
         return
     from devmesh.agent.runtime import AgentError, run_agent

@@ -41,6 +41,23 @@ def connection_tokens(value: bytes) -> set[bytes]:
     return {token.strip().lower() for token in value.split(b",") if token.strip()}
 
 
+# Connection tokens that name no other header: the usual values, seen on nearly every request.
+_PLAIN_CONNECTION_VALUES = frozenset({b"keep-alive", b"close", b"upgrade", b"keep-alive, upgrade"})
+
+
+def _named_by_connection(headers: Headers) -> set[bytes] | None:
+    """Header names that a Connection header lists beyond the usual tokens (they are hop-by-hop)."""
+    named: set[bytes] | None = None
+    for name, value in headers:
+        if (
+            len(name) == 10
+            and name.lower() == b"connection"
+            and value.lower() not in _PLAIN_CONNECTION_VALUES
+        ):
+            named = (named or set()) | (connection_tokens(value) - {b"keep-alive", b"close", b"upgrade"})
+    return named
+
+
 def trace_context(traceparent: bytes | None, trace_header: bytes | None) -> tuple[str, bytes]:
     """(trace id, traceparent to send upstream): an incoming W3C context is passed through; a request
     with only X-DevMesh-Trace-ID starts a context with that id where it is one; else a new trace starts."""
@@ -85,11 +102,9 @@ def upstream_request_head(
     xff: list[bytes] = []
     via: list[bytes] = []
     lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-    extra_drop: set[bytes] | None = None
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"connection":
-            extra_drop = connection_tokens(value)
+    named = _named_by_connection(headers)
+    if named:
+        headers = [(name, value) for name, value in headers if name.lower() not in named]
     for name, value in headers:
         lowered = name.lower()
         if lowered in drop or lowered in _REPLACED_ON_REQUEST:
@@ -101,8 +116,6 @@ def upstream_request_head(
                 forwarded_values.append(value)
             else:
                 via.append(value)
-            continue
-        if extra_drop is not None and lowered in extra_drop:
             continue
         lines += (name, b": ", value, b"\r\n")
     xff.append(client_ip)
@@ -149,11 +162,10 @@ def client_response_head(
     """The response head sent to the client. `framing`: its Content-Length or Transfer-Encoding line;
     `connection`: a `Connection:` value to send (close, keep-alive), if any."""
     lines = [b"HTTP/1.1 ", str(status).encode(), b" ", reason, b"\r\n"]
-    extra_drop: set[bytes] | None = None
     via: list[bytes] = []
-    for name, value in headers:
-        if name.lower() == b"connection":
-            extra_drop = connection_tokens(value)
+    named = _named_by_connection(headers)
+    if named:
+        headers = [(name, value) for name, value in headers if name.lower() not in named]
     for name, value in headers:
         lowered = name.lower()
         if lowered in HOP_BY_HOP or lowered in _REPLACED_ON_RESPONSE:
@@ -162,8 +174,6 @@ def client_response_head(
             continue
         if lowered == b"via":
             via.append(value)
-            continue
-        if extra_drop is not None and lowered in extra_drop:
             continue
         lines += (name, b": ", value, b"\r\n")
     via.append(b"1.1 devmesh")

@@ -42,13 +42,13 @@ class RequestRecord(NamedTuple):
     endpoint: str
 
     def as_json(self) -> str:
-        # By hand, not json.dumps: a batch of thousands of lines is formatted between two requests, and
-        # this is ~3x faster. Only the strings that come from the client can need escaping.
+        # By hand, not json.dumps (~3x faster). Only the method and path can need escaping: the host
+        # passed the proxy's host[:port] check, trace ids its token check, the rest is devmesh's own.
         return (
             f'{{"time":"{_iso(self.time)}","method":{_json_string(self.method)},'
-            f'"host":{_json_string(self.host)},"path":{_json_string(self.path)},"status":{self.status},'
+            f'"host":"{self.host}","path":{_json_string(self.path)},"status":{self.status},'
             f'"service":"{self.service}","origin":"{self.origin}","duration_ms":{self.duration_s * 1000:.3f},'
-            f'"trace_id":{_json_string(self.trace_id)},"endpoint":"{self.endpoint}"}}'
+            f'"trace_id":"{self.trace_id}","endpoint":"{self.endpoint}"}}'
         )
 
     def as_text(self) -> str:
@@ -114,7 +114,8 @@ class AccessLog:
         self.path = path
         self.format = log_format
         self.recent: deque[RequestRecord] = deque(maxlen=max(kept, 1))
-        self._pending: list[RequestRecord] = []
+        self._pending: list[str] = []
+        self._render = RequestRecord.as_json if log_format == "json" else RequestRecord.as_text
         self._file: IO[str] | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
 
@@ -122,7 +123,9 @@ class AccessLog:
         self.recent.append(entry)
         if self.format == "off" or self.path is None:
             return
-        self._pending.append(entry)
+        # Formatted now, written in a batch: formatting a whole batch at once was a pause of several
+        # milliseconds for every request in flight (the proxy's p99).
+        self._pending.append(self._render(entry))
         if self._flush_handle is None:
             loop = self.loop if self.loop is not None else asyncio.get_running_loop()
             self._flush_handle = loop.call_later(const.ACCESS_LOG_FLUSH_S, self.flush)
@@ -132,8 +135,8 @@ class AccessLog:
         if not self._pending or self.path is None:
             return
         pending, self._pending = self._pending, []
-        render = RequestRecord.as_json if self.format == "json" else RequestRecord.as_text
-        text = "".join(render(entry) + "\n" for entry in pending)
+        pending.append("")
+        text = "\n".join(pending)
         try:
             handle = self._open()
             handle.write(text)
