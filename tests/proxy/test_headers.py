@@ -23,6 +23,7 @@ def test_upstream_head_drops_hop_by_hop_and_appends_forwarding_headers() -> None
         traceparent=b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01",
         framing=b"",
         upgrade=None,
+        connection=b"X-Private",
     )
     text = head.decode()
     assert text.startswith("GET /x HTTP/1.1\r\nHost: api.localhost\r\n")

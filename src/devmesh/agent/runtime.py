@@ -166,6 +166,8 @@ class Agent:
             )
         started_at = time.monotonic()
         logs = LogSink(self.paths.log_dir, terminal=self._terminal)
+        for name in config.services:
+            logs.register(name)  # the prefix column is as wide as the longest name from the first line
         reaped = await asyncio.to_thread(reap_project, self.loaded.project_dir)
         if reaped:
             logs.agent(f"stopped {reaped} process(es) left behind by an earlier devmesh agent")

@@ -38,6 +38,7 @@ class Exchange:
         "client",
         "close_after",
         "connecting",
+        "connection_header",
         "content_length",
         "done",
         "endpoint",
@@ -97,6 +98,7 @@ class Exchange:
         self.content_length: bytes | None = None
         self.expect_continue = False
         self.upgrade: bytes | None = None
+        self.connection_header: bytes | None = None
         self.body_complete = False
         self.body_bytes = 0
         # Request bytes (head, then body frames) not yet written to an upstream connection.
@@ -154,6 +156,8 @@ class Exchange:
                 self.expect_continue = value.lower() == b"100-continue"
             elif lowered == b"upgrade":
                 self.upgrade = value
+            elif lowered == b"connection":
+                self.connection_header = value
 
     def on_request_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
@@ -308,6 +312,7 @@ class Exchange:
             traceparent=self.traceparent or b"",
             framing=framing,
             upgrade=self.upgrade,
+            connection=self.connection_header,
         )
 
     def _send_to(self, endpoint: Endpoint) -> None:
@@ -431,18 +436,13 @@ class Exchange:
                     trace_id=self.trace_id.encode(),
                     connection=None,
                     upgrade=True,
+                    connection_header=upstream.connection,
                 )
             )
             self.response_started = True
             return
-        length = None
-        upstream_chunked = False
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                length = value
-            elif lowered == b"transfer-encoding":
-                upstream_chunked = True
+        length = upstream.length
+        upstream_chunked = upstream.chunked
         if head_only:
             if length is not None:
                 framing = b"Content-Length: " + length + b"\r\n"
@@ -476,6 +476,7 @@ class Exchange:
                 served_by=self._served_by(),
                 trace_id=self.trace_id.encode(),
                 connection=connection,
+                connection_header=upstream.connection,
             )
         )
         self.response_started = True

@@ -45,16 +45,18 @@ def connection_tokens(value: bytes) -> set[bytes]:
 _PLAIN_CONNECTION_VALUES = frozenset({b"keep-alive", b"close", b"upgrade", b"keep-alive, upgrade"})
 
 
-def _named_by_connection(headers: Headers) -> set[bytes] | None:
-    """Header names that a Connection header lists beyond the usual tokens (they are hop-by-hop)."""
-    named: set[bytes] | None = None
+def _named_by_connection(headers: Headers, connection: bytes | None) -> set[bytes] | None:
+    """Header names that the Connection header lists beyond the usual tokens (they are hop-by-hop).
+
+    `connection`: the value of the (last) Connection header, which the parsers note as they go, so the
+    common case costs no pass over the headers.
+    """
+    if connection is None or connection.lower() in _PLAIN_CONNECTION_VALUES:
+        return None
+    named: set[bytes] = set()
     for name, value in headers:
-        if (
-            len(name) == 10
-            and name.lower() == b"connection"
-            and value.lower() not in _PLAIN_CONNECTION_VALUES
-        ):
-            named = (named or set()) | (connection_tokens(value) - {b"keep-alive", b"close", b"upgrade"})
+        if name.lower() == b"connection":
+            named |= connection_tokens(value) - {b"keep-alive", b"close", b"upgrade"}
     return named
 
 
@@ -95,6 +97,7 @@ def upstream_request_head(
     traceparent: bytes,
     framing: bytes,
     upgrade: bytes | None,
+    connection: bytes | None = None,
 ) -> bytes:
     """The request head sent to a service. `framing` is the Content-Length or Transfer-Encoding line(s)."""
     drop = HOP_BY_HOP
@@ -102,7 +105,7 @@ def upstream_request_head(
     xff: list[bytes] = []
     via: list[bytes] = []
     lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-    named = _named_by_connection(headers)
+    named = _named_by_connection(headers, connection)
     if named:
         headers = [(name, value) for name, value in headers if name.lower() not in named]
     for name, value in headers:
@@ -158,12 +161,13 @@ def client_response_head(
     trace_id: bytes,
     connection: bytes | None,
     upgrade: bool = False,
+    connection_header: bytes | None = None,
 ) -> bytes:
     """The response head sent to the client. `framing`: its Content-Length or Transfer-Encoding line;
     `connection`: a `Connection:` value to send (close, keep-alive), if any."""
     lines = [b"HTTP/1.1 ", str(status).encode(), b" ", reason, b"\r\n"]
     via: list[bytes] = []
-    named = _named_by_connection(headers)
+    named = _named_by_connection(headers, connection_header)
     if named:
         headers = [(name, value) for name, value in headers if name.lower() not in named]
     for name, value in headers:

@@ -11,7 +11,8 @@ import contextlib
 import re
 import socket
 import ssl
-from collections.abc import Coroutine
+import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,20 @@ if TYPE_CHECKING:
 # A reg-name or IPv4 address with an optional port, or a bracketed IPv6 literal (RFC 9110 §7.2); empty
 # is allowed (HTTP/1.0 without Host goes to the root host).
 _HOST_HEADER_RE = re.compile(rb"^(?:[A-Za-z0-9._~-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, where there is one (Linux with glibc); None elsewhere."""
+    if sys.platform != "linux":
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        function: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return function
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +149,9 @@ class ProxyServer:
 
     async def _sweep(self) -> None:
         interval = self.limits.sweep_interval_s
+        trim = _malloc_trim()
+        served_at_last_sweep = 0
+        trimmed = True
         while True:
             await asyncio.sleep(interval)
             now = self.loop.time()
@@ -141,6 +159,14 @@ class ProxyServer:
                 connection.check_deadline(now)
             self.pool.sweep(now)
             self._expire_waiting(now)
+            served = self.stats.total()
+            if served != served_at_last_sweep:
+                served_at_last_sweep, trimmed = served, False
+            elif not trimmed and trim is not None:
+                # Traffic stopped: hand the buffers it left in the C heap back to the system, so the
+                # agent's memory returns to its idle size instead of keeping its peak.
+                trim(0)
+                trimmed = True
 
     # -- per request --------------------------------------------------------------------------------
 

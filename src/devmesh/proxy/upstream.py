@@ -26,12 +26,15 @@ EndpointKey = tuple[str, int]
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_after_feed",
+        "chunked",
         "closed",
+        "connection",
         "deadline",
         "exchange",
         "headers",
         "idle_since",
         "key",
+        "length",
         "parser",
         "pool",
         "reason",
@@ -49,6 +52,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.reason = b""
+        self.length: bytes | None = None  # Content-Length, Transfer-Encoding, Connection of the response
+        self.chunked = False
+        self.connection: bytes | None = None
         self.deadline = 0.0  # when the response head must have arrived; 0: no deadline
         self.idle_since = 0.0
         self.reused = False
@@ -124,6 +130,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.headers = []
         self.reason = b""
+        self.length = None
+        self.chunked = False
+        self.connection = None
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -132,8 +141,18 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is not None and exchange.response_head_done:
             exchange.response_trailers.append((name, value))
-        else:
-            self.headers.append((name, value))
+            return
+        self.headers.append((name, value))
+        # Framing and Connection noted here, by length first: no second pass over the headers.
+        size = len(name)
+        if size == 14:
+            if name.lower() == b"content-length":
+                self.length = value
+        elif size == 17:
+            if name.lower() == b"transfer-encoding":
+                self.chunked = True
+        elif size == 10 and name.lower() == b"connection":
+            self.connection = value
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
