@@ -188,10 +188,16 @@ def test_logs_follow_prints_new_lines(project: Project) -> None:
                     break
             assert any(line.startswith("devmesh") and "api restarting" in line for line in seen)
         finally:
-            follower.send_signal(signal.SIGINT)
-            follower.wait(10)
+            # Our end of its pipe first: a follower blocked writing to a full pipe gets EPIPE and exits.
             if follower.stdout is not None:
                 follower.stdout.close()
+            follower.send_signal(signal.SIGINT)
+            try:
+                follower.wait(10)
+            except subprocess.TimeoutExpired:
+                follower.kill()
+                follower.wait()
+                raise
     finally:
         devmesh("down", cwd=project.root)
 

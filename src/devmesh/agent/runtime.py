@@ -21,12 +21,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, TYPE_CHECKING, TextIO
 
 import psutil
 
 from devmesh import const
-from devmesh.admin.models import AgentInfo, ServiceStatus, StatusDocument
 from devmesh.agent.paths import (
     AgentRecord,
     StatePaths,
@@ -39,13 +38,15 @@ from devmesh.config import ConfigError, LoadedConfig, load_config
 from devmesh.config.schema import HealthSection, MeshConfig
 from devmesh.config.units import Address
 from devmesh.mesh.snapshot import Health, MeshState, Origin, RunState, ServiceView
-from devmesh.proxy.observe import AccessLog
-from devmesh.proxy.server import ProxyServer
 from devmesh.supervisor.guardian import Guardian
 from devmesh.supervisor.logs import LogSink
 from devmesh.supervisor.manager import Supervisor
 from devmesh.supervisor.process import signal_group
 from devmesh.supervisor.reaper import owner_marker, reap_project
+
+if TYPE_CHECKING:
+    from devmesh.admin.models import ServiceStatus, StatusDocument
+    from devmesh.proxy.server import ProxyServer
 
 
 class AgentError(Exception):
@@ -191,18 +192,10 @@ class Agent:
                 if sock is not None:
                     sock.close()
             raise
-        self.proxy = ProxyServer(
-            self.state,
-            timeout_s=config.proxy.timeout,
-            retries=config.proxy.retries,
-            access_log=AccessLog(
-                self.paths.log_dir / "access.log", config.proxy.access_log, kept=config.observe.requests_kept
-            ),
-        )
-        await self.proxy.start(proxy_socket)
+        # Bound and listening now (a busy port fails `up` before any service starts); served once the
+        # first services are on their way: until then the kernel queues connections, losing none.
         self.listen_address = Address(*proxy_socket.getsockname()[:2])
         if https_socket is not None:
-            await self.proxy.start(https_socket, tls=tls)
             self.https_address = Address(*https_socket.getsockname()[:2])
         if tls_note is not None:
             logs.agent(tls_note)
@@ -230,6 +223,8 @@ class Agent:
             # or ADMIN_START_DELAY_MAX_S at most.
             order = self.supervisor.up(self._requested)
             self._publish()
+            await asyncio.sleep(0)  # the runners spawn the first services...
+            await self._start_proxy(proxy_socket, https_socket, tls)  # ...while the proxy's code loads
             ready = loop.create_task(self._announce_ready(order, started_at, logs))
             tasks.append(ready)
             stopping = loop.create_task(self._stop_event.wait())
@@ -266,7 +261,12 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.supervisor.down()
-            await self.proxy.close()
+            if self.proxy is not None:
+                await self.proxy.close()
+            else:
+                for sock in (proxy_socket, https_socket):
+                    if sock is not None:
+                        sock.close()
             if admin is not None:
                 await admin.stop()
             else:
@@ -386,6 +386,8 @@ class Agent:
         )
 
     def status(self) -> StatusDocument:
+        from devmesh.admin.models import AgentInfo, StatusDocument
+
         views: dict[str, ServiceView] = (
             self.supervisor.views(self.loaded.config.mesh.domain) if self.supervisor else {}
         )
@@ -405,6 +407,8 @@ class Agent:
         )
 
     def _service_status(self, view: ServiceView) -> ServiceStatus:
+        from devmesh.admin.models import ServiceStatus
+
         url = self.service_url(view)
         return ServiceStatus(
             name=view.name,
@@ -436,6 +440,25 @@ class Agent:
             prefix = view.routes[0].rstrip("*")
             return f"http://{domain}{authority_port}{prefix}"
         return None
+
+    async def _start_proxy(
+        self, sock: socket.socket, https_socket: socket.socket | None, tls: ssl.SSLContext | None
+    ) -> None:
+        from devmesh.proxy.observe import AccessLog
+        from devmesh.proxy.server import ProxyServer
+
+        config = self.loaded.config
+        self.proxy = ProxyServer(
+            self.state,
+            timeout_s=config.proxy.timeout,
+            retries=config.proxy.retries,
+            access_log=AccessLog(
+                self.paths.log_dir / "access.log", config.proxy.access_log, kept=config.observe.requests_kept
+            ),
+        )
+        await self.proxy.start(sock)
+        if https_socket is not None:
+            await self.proxy.start(https_socket, tls=tls)
 
     def _child_env(self, config: MeshConfig) -> dict[str, str]:
         """The agent's environment, plus where each service is reached through the proxy:
