@@ -61,3 +61,9 @@ PROXY_MAX_URL_BYTES = 8 * 1024
 PROXY_REPLAY_MAX_BYTES = 1024 * 1024  # request body kept to retry on another endpoint
 PROXY_BUFFER_HIGH_BYTES = 256 * 1024  # buffered body beyond which the sender is paused
 ACCESS_LOG_FLUSH_S = 0.05  # short batches: formatting one is a pause for every request in flight
+
+# Peers (agent to agent, on the mesh port)
+MESH_REPLAY_WINDOW_S = 30.0  # a signed request older or newer than this is refused
+PEER_POLL_INTERVAL_S = 1.0  # each peer's catalog is fetched this often: it is also the liveness check
+PEER_FETCH_TIMEOUT_S = 1.0
+PEER_EXPIRE_S = 3.0  # a peer that has not answered for this long leaves the route table

@@ -79,7 +79,12 @@ def test_status_reports_each_service(project: Project) -> None:
 def test_crashed_service_is_restarted_with_growing_backoff(project: Project) -> None:
     _config(project, _service("flaky", env={"EXIT_CODE": "3"}, restart='"on-failure"'))
     with running_agent(project) as agent:
-        wait_for(lambda: len(project.events()) >= 4, timeout=15, what="four starts of the crashing service")
+        try:
+            wait_for(
+                lambda: len(project.events()) >= 4, timeout=30, what="four starts of the crashing service"
+            )
+        except AssertionError as error:
+            raise AssertionError(f"{error}\nservice: {agent.service('flaky')}\nlog:\n{agent.log()}") from None
         entry = agent.service("flaky")
         assert entry["state"] in ("crashed", "starting")
         assert entry["restarts"] >= 3

@@ -14,6 +14,7 @@ import gc
 import importlib
 import ipaddress
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -46,6 +47,7 @@ from devmesh.supervisor.reaper import owner_marker, reap_project
 
 if TYPE_CHECKING:
     from devmesh.admin.models import ServiceStatus, StatusDocument
+    from devmesh.peers.follower import PeerFollower
     from devmesh.proxy.server import ProxyServer
 
 
@@ -122,8 +124,16 @@ class Agent:
         *,
         services: Sequence[str] | None = None,
         terminal: TextIO | None = None,
+        share: bool = False,
     ) -> None:
         self.loaded = loaded
+        self._share_flag = share
+        # This agent as peers know it: the host name and a random part, new on every start.
+        self.peer_id = f"{socket.gethostname().split('.')[0]}-{secrets.token_hex(3)}"
+        self.epoch = time.time()
+        self.mesh_address: Address | None = None
+        self.mesh_proxy: ProxyServer | None = None
+        self.peers: PeerFollower | None = None
         self.paths = StatePaths(loaded.project_dir)
         self._requested = list(services) if services else None
         self._terminal = terminal if terminal is not None else sys.stdout
@@ -197,6 +207,16 @@ class Agent:
         self.listen_address = Address(*proxy_socket.getsockname()[:2])
         if https_socket is not None:
             self.https_address = Address(*https_socket.getsockname()[:2])
+        mesh_socket: socket.socket | None = None
+        if self._sharing() or config.peers.static:
+            try:
+                mesh_socket = bind_tcp(config.proxy.mesh, purpose="mesh port", key="[proxy] mesh")
+            except AgentError:
+                for sock in (admin_socket, proxy_socket, https_socket):
+                    if sock is not None:
+                        sock.close()
+                raise
+            self.mesh_address = Address(*mesh_socket.getsockname()[:2])
         if tls_note is not None:
             logs.agent(tls_note)
         proxied = f"http://{self.listen_address}" + (
@@ -225,6 +245,8 @@ class Agent:
             self._publish()
             await asyncio.sleep(0)  # the runners spawn the first services...
             await self._start_proxy(proxy_socket, https_socket, tls)  # ...while the proxy's code loads
+            if mesh_socket is not None:
+                await self._start_mesh(mesh_socket, logs)
             ready = loop.create_task(self._announce_ready(order, started_at, logs))
             tasks.append(ready)
             stopping = loop.create_task(self._stop_event.wait())
@@ -260,6 +282,12 @@ class Agent:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self.peers is not None:
+                await self.peers.close()
+            if self.mesh_proxy is not None:
+                await self.mesh_proxy.close()
+            elif mesh_socket is not None:
+                mesh_socket.close()
             await self.supervisor.down()
             if self.proxy is not None:
                 await self.proxy.close()
@@ -379,18 +407,28 @@ class Agent:
         if self.supervisor is None:
             return
         self.state.publish(
-            self.supervisor.views(self.loaded.config.mesh.domain),
+            self._views(),
             mesh=self.loaded.mesh_name,
             domain=self.loaded.config.mesh.domain,
             config_error=self.config_error,
         )
 
+    def _views(self) -> dict[str, ServiceView]:
+        """The supervisor's services, with the endpoints peers offer merged in."""
+        if self.supervisor is None:
+            return {}
+        views = self.supervisor.views(self.loaded.config.mesh.domain)
+        if self.peers is None:
+            return views
+        from devmesh.peers.merge import merge_peers
+
+        live = [(state.address, state.catalog) for state in self.peers.live() if state.catalog is not None]
+        return merge_peers(views, live, version_policy=self.loaded.config.mesh.version_policy)
+
     def status(self) -> StatusDocument:
         from devmesh.admin.models import AgentInfo, StatusDocument
 
-        views: dict[str, ServiceView] = (
-            self.supervisor.views(self.loaded.config.mesh.domain) if self.supervisor else {}
-        )
+        views = self._views()
         return StatusDocument(
             mesh=self.loaded.mesh_name,
             agent=AgentInfo(
@@ -404,6 +442,20 @@ class Agent:
                 revision=self.state.snapshot.revision,
             ),
             services=[self._service_status(view) for view in views.values()],
+            peers=[
+                {
+                    "peer": state.peer,
+                    "address": str(state.address),
+                    "alive": state.catalog is not None,
+                    "latency_ms": round(state.latency_s * 1000, 2),
+                    "services": [
+                        {"name": s.name, "version": s.version, "healthy": s.healthy}
+                        for s in (state.catalog.services if state.catalog else [])
+                    ],
+                    "error": state.error,
+                }
+                for state in (self.peers.peers if self.peers is not None else [])
+            ],
         )
 
     def _service_status(self, view: ServiceView) -> ServiceStatus:
@@ -452,6 +504,8 @@ class Agent:
             self.state,
             timeout_s=config.proxy.timeout,
             retries=config.proxy.retries,
+            peer_id=self.peer_id,
+            peer_key=self._mesh_key(),
             access_log=AccessLog(
                 self.paths.log_dir / "access.log", config.proxy.access_log, kept=config.observe.requests_kept
             ),
@@ -459,6 +513,78 @@ class Agent:
         await self.proxy.start(sock)
         if https_socket is not None:
             await self.proxy.start(https_socket, tls=tls)
+
+    # -- peers ---------------------------------------------------------------------------------------
+
+    def _sharing(self) -> bool:
+        return self.loaded.config.mesh.share or self._share_flag
+
+    def offers(self, name: str) -> bool:
+        """Whether this agent offers `name` to its peers (`share` per service, default [mesh] share)."""
+        spec = self.loaded.config.services.get(name)
+        if spec is None or (spec.command is None and spec.port is None):
+            return False  # only what runs here; never a peer's service passed on
+        return spec.share if spec.share is not None else self._sharing()
+
+    def _mesh_key(self) -> bytes | None:
+        from devmesh.peers.signing import mesh_key
+
+        secret = self.loaded.config.mesh.secret
+        return mesh_key(self.loaded.mesh_name, secret) if secret else None
+
+    def catalog_json(self) -> bytes:
+        from devmesh.peers.catalog import Catalog, OfferedService
+        from devmesh.peers.signing import mesh_hash
+
+        views = self.supervisor.views(self.loaded.config.mesh.domain) if self.supervisor else {}
+        offered = [
+            OfferedService(view.name, view.version, view.health == Health.HEALTHY)
+            for view in views.values()
+            if self.offers(view.name)
+        ]
+        return Catalog(
+            peer=self.peer_id,
+            mesh=mesh_hash(self.loaded.mesh_name, self.loaded.config.mesh.secret),
+            epoch=self.epoch,
+            revision=self.state.snapshot.revision,
+            services=offered,
+        ).to_json()
+
+    async def _start_mesh(self, sock: socket.socket, logs: LogSink) -> None:
+        from devmesh.peers.follower import PeerFollower
+        from devmesh.peers.policy import MeshPolicy
+        from devmesh.peers.signing import Verifier, mesh_hash
+        from devmesh.proxy.server import ProxyServer
+
+        config = self.loaded.config
+        key = self._mesh_key()
+        if key is None and self._sharing():
+            logs.agent(
+                "warning: this mesh is shared without a secret: anyone who can reach "
+                f"{self.mesh_address} can call the services it offers (set [mesh] secret)"
+            )
+        policy = MeshPolicy(
+            Verifier(key) if key is not None else None, catalog=self.catalog_json, offers=self.offers
+        )
+        self.mesh_proxy = ProxyServer(
+            self.state, timeout_s=config.proxy.timeout, retries=config.proxy.retries, mesh=policy
+        )
+        await self.mesh_proxy.start(sock)
+        offered = [name for name in config.services if self.offers(name)]
+        logs.agent(
+            f"mesh port on {self.mesh_address} as peer {self.peer_id}"
+            + (f", offering {', '.join(offered)}" if offered else ", offering nothing")
+        )
+        if config.peers.static:
+            self.peers = PeerFollower(
+                list(config.peers.static),
+                key=key,
+                peer_id=self.peer_id,
+                mesh_hash=mesh_hash(self.loaded.mesh_name, config.mesh.secret),
+                on_change=self._schedule_publish,
+                log=logs.agent,
+            )
+            self.peers.start()
 
     def _child_env(self, config: MeshConfig) -> dict[str, str]:
         """The agent's environment, plus where each service is reached through the proxy:
@@ -534,9 +660,9 @@ def _config_signature(project_dir: Path) -> dict[str, tuple[int, int, int]]:
     return signature
 
 
-def run_agent(loaded: LoadedConfig, *, services: Sequence[str] | None = None) -> int:
+def run_agent(loaded: LoadedConfig, *, services: Sequence[str] | None = None, share: bool = False) -> int:
     """Run an agent in the foreground on uvloop (where available) until a signal stops it."""
-    agent = Agent(loaded, services=services)
+    agent = Agent(loaded, services=services, share=share)
     try:
         import uvloop
 

@@ -142,14 +142,20 @@ def _call(ctx: click.Context, method: str, path: str, body: dict[str, Any] | Non
     show_default=True,
     help="With --detach: seconds to wait for health.",
 )
+@click.option(
+    "--share",
+    is_flag=True,
+    help="Offer this project's services to peers on the mesh port (as [mesh] share = true).",
+)
 @click.pass_context
-def up(ctx: click.Context, services: tuple[str, ...], detach: bool, timeout: float) -> None:
+def up(ctx: click.Context, services: tuple[str, ...], detach: bool, timeout: float, share: bool) -> None:
     """Start every service of the project and supervise it (Ctrl-C stops them all).
 
     \b
     Examples:
       devmesh up
       devmesh up api --detach
+      devmesh up --share          (teammates whose [peers] list this machine can call its services)
     """
     import gc
 
@@ -160,18 +166,20 @@ def up(ctx: click.Context, services: tuple[str, ...], detach: bool, timeout: flo
     loaded = _load(ctx)
     if detach:
         gc.enable()
-        _up_detached(ctx, loaded, list(services), timeout)
+        _up_detached(ctx, loaded, list(services), timeout, share=share)
         return
     from devmesh.agent.runtime import AgentError, run_agent
 
     try:
-        code = run_agent(loaded, services=services or None)
+        code = run_agent(loaded, services=services or None, share=share)
     except AgentError as error:
         _fail(str(error))
     raise SystemExit(code)
 
 
-def _up_detached(ctx: click.Context, loaded: LoadedConfig, services: list[str], timeout: float) -> None:
+def _up_detached(
+    ctx: click.Context, loaded: LoadedConfig, services: list[str], timeout: float, *, share: bool = False
+) -> None:
     import subprocess
 
     from devmesh.agent.client import AdminClient, AgentNotRunning
@@ -194,7 +202,7 @@ def _up_detached(ctx: click.Context, loaded: LoadedConfig, services: list[str], 
     argv = [sys.executable, "-m", "devmesh", "-f", str(loaded.path)]
     if loaded.env_name:
         argv += ["--env", loaded.env_name]
-    argv += ["up", *services]
+    argv += ["up", *(["--share"] if share else []), *services]
     log_offset = paths.agent_log.stat().st_size if paths.agent_log.exists() else 0
     with paths.agent_log.open("ab") as log:
         process = subprocess.Popen(

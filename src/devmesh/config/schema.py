@@ -41,12 +41,9 @@ _HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9
 
 def _check_specifier(value: str) -> str:
     # Imported here: packaging costs ~40 ms, and most configs have no `requires`.
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from devmesh.peers.versions import parse_requires
 
-    try:
-        SpecifierSet(value)
-    except InvalidSpecifier:
-        raise ValueError(f'{value!r} is not a version range; write it as ">=1.4,<2"') from None
+    parse_requires(value)
     return value
 
 
@@ -157,9 +154,10 @@ class ServiceSection(Section):
             self.command.strip() if isinstance(self.command, str) else self.command
         ):
             raise ValueError("command is empty; give the command line that starts the service, or omit it")
-        if self.command is None and self.port is None and self.remote is None:
+        if self.command is None and self.port is None and self.remote is None and self.requires is None:
             raise ValueError(
-                "a service needs a command to run, a port where it is already running, or a remote URL"
+                "a service needs a command to run, a port where it is already running, a remote URL, "
+                "or `requires` (the versions accepted from peers)"
             )
         if self.command is None and self.watch:
             raise ValueError("watch restarts a command devmesh runs; this service has no command")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from devmesh.mesh.snapshot import Endpoint, RunState, ServiceView
+from devmesh.mesh.snapshot import Endpoint, Origin, RunState, ServiceView
+from devmesh.peers.catalog import CATALOG_PATH
+from devmesh.peers.signing import SERVICE_HEADER, SIGNED_HEADERS
 from devmesh.proxy import headers as hdr
 from devmesh.proxy.observe import RequestRecord
 from devmesh.proxy.pages import ErrorPage, response_bytes
-from devmesh.routing.table import describe_unavailable
+from devmesh.routing.table import LOCAL_ORIGINS, describe_unavailable
 
 if TYPE_CHECKING:
     from devmesh.proxy.client import ClientConnection
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_PEER_ONLY_HEADERS = SIGNED_HEADERS | {SERVICE_HEADER.lower().encode()}
 _TWO_HOSTS = b"\x00two"  # never a valid host: marks a request with two Host headers
 
 
@@ -51,6 +54,7 @@ class Exchange:
         "interim_sent",
         "keep_alive",
         "method",
+        "peer_checked",
         "pending",
         "pending_bytes",
         "replay",
@@ -126,6 +130,7 @@ class Exchange:
         self.close_after = False
         self.done = False
         self.wait_deadline = 0.0
+        self.peer_checked = False
 
     # -- request side (called by the client connection) ---------------------------------------------
 
@@ -228,10 +233,13 @@ class Exchange:
             self.respond_error(ErrorPage(400, "Bad Request", message))
             return
         self.host = host
+        self.trace_id, self.traceparent = hdr.trace_context(self.traceparent, self.trace_header)
+        if server.mesh is not None:
+            self._start_from_peer()
+            return
         table = server.route_table()
         path = self.target.decode("latin-1")
         view = table.match(host, path)
-        self.trace_id, self.traceparent = hdr.trace_context(self.traceparent, self.trace_header)
         if view is None:
             self.respond_error(
                 ErrorPage(
@@ -244,7 +252,10 @@ class Exchange:
             )
             return
         self.view = view
-        endpoints = server.endpoints_for(view)
+        self._forward(view, server.endpoints_for(view))
+
+    def _forward(self, view: ServiceView, endpoints: list[Endpoint]) -> None:
+        server = self.client.server
         if not endpoints and view.state == RunState.STARTING:
             server.wait_for_start(self, view.name)
             return
@@ -261,6 +272,35 @@ class Exchange:
                 self.replay_bytes = self.pending_bytes
         self.request_head = self._request_head()
         self._send_to(endpoints[0])
+
+    def _start_from_peer(self) -> None:
+        """A request on the mesh port, from a peer agent: checked, then served by a local endpoint of a
+        service this agent offers, never forwarded to a third agent."""
+        server = self.client.server
+        mesh = server.mesh
+        assert mesh is not None
+        headers = {name.lower().decode("latin-1"): value.decode("latin-1") for name, value in self.headers}
+        target = self.target.decode("latin-1")
+        if not self.peer_checked:  # routed again after a wait: its nonce is spent, it was checked
+            verdict = mesh.check(self.method.decode(), target, headers)
+            if not verdict.ok:
+                self.respond_error(ErrorPage(401, "Unauthorized", f"Peer request refused: {verdict.reason}."))
+                return
+            self.peer_checked = True
+        if target == CATALOG_PATH and self.method in (b"GET", b"HEAD"):
+            self.respond_raw(200, b"application/json", mesh.catalog())
+            return
+        name = headers.get(SERVICE_HEADER.lower(), "")
+        view = server.state.snapshot.services.get(name)
+        if view is None or not mesh.offers(name):
+            self.respond_error(
+                ErrorPage(404, "Not offered", f"This agent does not offer {name or 'that service'!r}.")
+            )
+            return
+        # Headers meant for this hop only: the service sees a plain proxied request.
+        self.headers = [(n, v) for n, v in self.headers if n.lower() not in _PEER_ONLY_HEADERS]
+        self.view = view
+        self._forward(view, [e for e in server.endpoints_for(view) if e.origin in LOCAL_ORIGINS])
 
     def still_starting(self, waited_s: float) -> None:
         view = self.view
@@ -350,6 +390,13 @@ class Exchange:
         upstream.exchange = self
         upstream.deadline = self.client.server.loop.time() + self.client.server.timeout_s
         head = self.request_head
+        endpoint = self.endpoint
+        if endpoint is not None and endpoint.origin is Origin.PEER:
+            head = (
+                head[:-2]
+                + self.client.server.peer_headers(self.method, self.target, endpoint.service)
+                + b"\r\n"
+            )
         # `replay`, while kept, holds every body byte received so far, `pending` only the unsent ones.
         body = self.replay if self.replay is not None else self.pending
         data = b"".join([head, *body]) if body else head
@@ -593,6 +640,19 @@ class Exchange:
         )
 
     # -- ending -------------------------------------------------------------------------------------
+
+    def respond_raw(self, status: int, content_type: bytes, body: bytes) -> None:
+        """Answer with the proxy's own content (the mesh catalog)."""
+        close = not self.keep_alive or not self.body_complete
+        head = (
+            b"HTTP/1.1 %d OK\r\nContent-Type: %b\r\nContent-Length: %d\r\nCache-Control: no-store\r\n%b\r\n"
+            % (status, content_type, len(body), b"Connection: close\r\n" if close else b"")
+        )
+        self.response_status = status
+        self.response_head_done = self.response_started = True
+        self.close_after = close
+        self.client.write(head if self.method == b"HEAD" else head + body)
+        self._finish(None, reusable=False)
 
     def respond_error(self, page: ErrorPage) -> None:
         """Answer with the proxy's own page (the request was not, or could not be, forwarded)."""

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from devmesh import const
 from devmesh.mesh.snapshot import Endpoint, MeshSnapshot, MeshState, RunState, ServiceView
+from devmesh.peers.policy import MeshPolicy
+from devmesh.peers.signing import PEER_HEADER, SERVICE_HEADER, sign
 from devmesh.proxy.client import ClientConnection
 from devmesh.proxy.observe import AccessLog, RequestStats
 from devmesh.proxy.upstream import UpstreamPool
@@ -73,8 +75,16 @@ class ProxyServer:
         retries: int = 2,
         access_log: AccessLog | None = None,
         limits: ProxyLimits | None = None,
+        mesh: MeshPolicy | None = None,
+        peer_id: str = "",
+        peer_key: bytes | None = None,
     ) -> None:
         self.state = state
+        # On the mesh port: requests come from peers, are checked by `mesh` and served locally only.
+        self.mesh = mesh
+        # On the way to a peer: who this agent is, and the key its requests are signed with.
+        self.peer_id = peer_id
+        self.peer_key = peer_key
         self.timeout_s = timeout_s
         self.retries = retries
         self.access_log = access_log
@@ -243,6 +253,16 @@ class ProxyServer:
             for exchange in late:
                 if not exchange.done:
                     exchange.still_starting(self.start_wait_s)
+
+    def peer_headers(self, method: bytes, target: bytes, service: str) -> bytes:
+        """The header lines that tell a peer's mesh port which service a request is for, and sign it."""
+        lines = [f"{SERVICE_HEADER}: {service}\r\n"]
+        if self.peer_key is not None:
+            signed = sign(self.peer_key, method.decode(), target.decode("latin-1"), self.peer_id)
+            lines.extend(f"{name}: {value}\r\n" for name, value in signed.items())
+        elif self.peer_id:
+            lines.append(f"{PEER_HEADER}: {self.peer_id}\r\n")
+        return "".join(lines).encode("latin-1")
 
     def next_turn(self, service: str) -> int:
         turn = self._turns.get(service, 0)

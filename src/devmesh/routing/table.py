@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from devmesh.mesh.snapshot import Endpoint, MeshSnapshot, Origin, ServiceView
 
 # Endpoints of these origins are "here": tried before any peer or remote.
-_LOCAL_ORIGINS = (Origin.LOCAL, Origin.REGISTERED)
+LOCAL_ORIGINS = (Origin.LOCAL, Origin.REGISTERED)
 
 
 def normalize_host(host: str) -> str:
@@ -114,8 +114,8 @@ def select_endpoints(view: ServiceView, turn: int = 0) -> list[Endpoint]:
     Healthy local endpoints first, rotated by `turn` (round robin across requests); peers and the remote
     fallback join this order when discovery brings them into the snapshot.
     """
-    local = [e for e in view.endpoints if e.healthy and e.origin in _LOCAL_ORIGINS]
-    others = [e for e in view.endpoints if e.healthy and e.origin not in _LOCAL_ORIGINS]
+    local = [e for e in view.endpoints if e.healthy and e.origin in LOCAL_ORIGINS]
+    others = [e for e in view.endpoints if e.healthy and e.origin not in LOCAL_ORIGINS]
     return _rotate(local, turn) + _rotate(others, turn)
 
 
@@ -130,6 +130,12 @@ def describe_unavailable(view: ServiceView) -> tuple[str, str]:
     """Why nothing can serve `view`, and what to do about it: for the 503 page."""
     name = view.name
     state = view.state.value
+    if view.detail and view.detail.startswith("no endpoint satisfies"):
+        return (
+            f"{name}: {view.detail}",
+            f"run a matching version here (`devmesh run {name}`), ask the peer to update, "
+            "or widen `requires` in devmesh.toml",
+        )
     detail = f" ({view.detail})" if view.detail else ""
     if state == "stopped":
         return f"{name} is stopped{detail}", f"start it with `devmesh run {name}`"

@@ -14,6 +14,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ OWNER_ENV = "DEVMESH_OWNER"
 
 
 class ChildProcess(Protocol):
-    """What the supervisor needs of a child: asyncio's Process, or `PidfdProcess` on Linux."""
+    """What the supervisor needs of a child: asyncio's Process, or `PopenProcess`."""
 
     @property
     def pid(self) -> int: ...
@@ -36,11 +37,11 @@ class ChildProcess(Protocol):
     async def wait(self) -> int: ...
 
 
-class PidfdProcess:
-    """A child started by `subprocess.Popen` (vfork: ~1 ms) and followed on the loop through a pidfd.
+class PopenProcess:
+    """A child started by `subprocess.Popen` (vfork: ~1 ms), its exit awaited by a waiter thread.
 
-    uvloop spawns with fork(), which copies the agent's page tables: 10 to 40 ms for each service,
-    on the critical path of `devmesh up`. Linux only (pidfd_open, kernel 5.3+).
+    uvloop spawns with fork(), which copies the agent's page tables: 10 to 40 ms for each service, on
+    the critical path of `devmesh up`. The thread sits in waitpid() for this one child (no GIL held).
     """
 
     def __init__(self, popen: subprocess.Popen[bytes], stdout: asyncio.StreamReader) -> None:
@@ -48,17 +49,18 @@ class PidfdProcess:
         self.stdout: asyncio.StreamReader | None = stdout
         loop = asyncio.get_running_loop()
         self._exited: asyncio.Future[int] = loop.create_future()
-        self._pidfd = os.pidfd_open(popen.pid)
-        loop.add_reader(self._pidfd, self._on_exit, loop)
+        threading.Thread(target=self._wait, args=(loop,), name=f"wait-{popen.pid}", daemon=True).start()
 
     @property
     def pid(self) -> int:
         return self._popen.pid
 
-    def _on_exit(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        code = self._popen.wait()  # exited already: reaps it at once
+    def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        code = self._popen.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(self._set, code)
+
+    def _set(self, code: int) -> None:
         if not self._exited.done():
             self._exited.set_result(code)
 
@@ -117,8 +119,8 @@ async def spawn(
     """Start `command` in a new session with stdout and stderr merged into one pipe."""
     argv = build_argv(command, env)
     process: ChildProcess
-    if hasattr(os, "pidfd_open"):
-        process = await _spawn_with_pidfd(argv, env=env, cwd=cwd)
+    if sys.platform != "win32":
+        process = await _spawn_with_popen(argv, env=env, cwd=cwd)
     else:  # pragma: no cover - macOS and older kernels
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -133,7 +135,7 @@ async def spawn(
     return Spawned(process=process, pgid=process.pid)
 
 
-async def _spawn_with_pidfd(argv: list[str], *, env: Mapping[str, str], cwd: Path) -> ChildProcess:
+async def _spawn_with_popen(argv: list[str], *, env: Mapping[str, str], cwd: Path) -> ChildProcess:
     # Blocking, on purpose: Popen's vfork returns in about a millisecond, far less than the fork of an
     # async spawn would block the loop for.
     popen = subprocess.Popen(  # noqa: ASYNC220
@@ -150,7 +152,7 @@ async def _spawn_with_pidfd(argv: list[str], *, env: Mapping[str, str], cwd: Pat
     reader = asyncio.StreamReader(limit=const.LOG_LINE_MAX_BYTES * 2, loop=loop)
     try:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), popen.stdout)
-        return PidfdProcess(popen, reader)
+        return PopenProcess(popen, reader)
     except OSError:
         popen.kill()
         popen.wait()

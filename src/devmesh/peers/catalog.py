@@ -1,0 +1,50 @@
+"""What an agent offers its peers: the catalog served at `GET /mesh/v1/catalog` on the mesh port."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+CATALOG_PATH = "/mesh/v1/catalog"
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class OfferedService:
+    name: str
+    version: str | None
+    healthy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    peer: str  # the offering agent's id
+    mesh: str  # mesh_hash(): agents of another mesh are ignored
+    epoch: float  # the agent's boot time: a restarted peer is a new peer
+    revision: int
+    services: list[OfferedService] = field(default_factory=list)
+    protocol: int = PROTOCOL_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Catalog:
+        """Parse a peer's catalog; ValueError on anything that is not one."""
+        try:
+            raw: Any = json.loads(data)
+            services = [
+                OfferedService(str(item["name"]), item.get("version"), bool(item["healthy"]))
+                for item in raw["services"]
+            ]
+            return cls(
+                peer=str(raw["peer"]),
+                mesh=str(raw["mesh"]),
+                epoch=float(raw["epoch"]),
+                revision=int(raw["revision"]),
+                services=services,
+                protocol=int(raw.get("protocol", PROTOCOL_VERSION)),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"not a devmesh catalog: {error}") from None

@@ -1,0 +1,167 @@
+"""Two real agents on loopback, peers by static address: a request for a service one of them does not run
+is served by the other, through its mesh port, signed with the mesh secret."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from pathlib import Path
+
+from devmesh.peers.catalog import CATALOG_PATH
+from devmesh.peers.signing import mesh_key, sign
+from support import TINY_COMMAND, Project, running_agent, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(
+    port: int, host: str, target: str = "/", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parsed = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), parsed, body
+
+
+def project_in(root: Path, name: str) -> Project:
+    folder = root / name
+    folder.mkdir()
+    return Project(folder.resolve())
+
+
+def offering_agent(
+    project: Project, *, mesh_port: int, secret: str = "s3cret", version: str = "1.4.2"
+) -> int:
+    listen = free_port()
+    project.write(
+        f"""
+[mesh]
+name = "team"
+secret = "{secret}"
+share = true
+[proxy]
+admin = "127.0.0.1:0"
+listen = "127.0.0.1:{listen}"
+mesh = "127.0.0.1:{mesh_port}"
+[services.api]
+command = "{TINY_COMMAND}"
+version = "{version}"
+health = {{ http = "/health", interval = "1s" }}
+"""
+    )
+    return listen
+
+
+def following_agent(project: Project, *, peer_port: int, secret: str = "s3cret", extra: str = "") -> int:
+    listen = free_port()
+    project.write(
+        f"""
+[mesh]
+name = "team"
+secret = "{secret}"
+[proxy]
+admin = "127.0.0.1:0"
+listen = "127.0.0.1:{listen}"
+mesh = "127.0.0.1:{free_port()}"
+[peers]
+static = ["127.0.0.1:{peer_port}"]
+[services.web]
+command = "{TINY_COMMAND}"
+{extra}
+"""
+    )
+    return listen
+
+
+def test_a_peers_service_is_served_through_its_mesh_port_and_leaves_when_the_peer_dies(
+    tmp_path: Path,
+) -> None:
+    mesh_port = free_port()
+    alice, bob = project_in(tmp_path, "alice"), project_in(tmp_path, "bob")
+    offering_agent(alice, mesh_port=mesh_port)
+    bob_listen = following_agent(bob, peer_port=mesh_port)
+    with running_agent(alice) as offering, running_agent(bob) as following:
+        offering.wait_healthy("api")
+        entry = wait_for(lambda: _service(following, "api"), timeout=10, what="alice's api in bob's mesh")
+        assert entry["origin"] == "peer" and entry["version"] == "1.4.2"
+        assert entry["url"] == f"http://api.localhost:{bob_listen}"
+
+        status, headers, body = http(bob_listen, "api.localhost", "/hello")
+        assert status == 200, body
+        assert json.loads(body)["path"] == "/hello"
+        alice_peer = following.status()["peers"][0]["peer"]
+        assert headers["x-devmesh-served-by"] == f"{alice_peer}/api@1.4.2"
+        assert following.status()["peers"][0]["alive"] is True
+        # The service's own port is never what bob talks to: only alice's mesh port.
+        assert _service(following, "api")["port"] is None
+
+        offering.process.send_signal(signal.SIGKILL)  # no goodbye: bob must notice by itself
+        killed = time.monotonic()
+        wait_for(
+            lambda: _service(following, "api") is None, timeout=8, what="alice's api to leave bob's mesh"
+        )
+        assert time.monotonic() - killed < 5.0
+        assert http(bob_listen, "api.localhost")[0] == 404
+        offering.process.wait(10)
+
+
+def test_wrong_secret_is_refused_and_the_other_mesh_sees_nothing(tmp_path: Path) -> None:
+    mesh_port = free_port()
+    alice, mallory = project_in(tmp_path, "alice"), project_in(tmp_path, "mallory")
+    offering_agent(alice, mesh_port=mesh_port)
+    mallory_listen = following_agent(mallory, peer_port=mesh_port, secret="guess")
+    with running_agent(alice) as offering, running_agent(mallory) as following:
+        offering.wait_healthy("api")
+        peer = wait_for(
+            lambda: (p := following.status()["peers"][0])["error"] and p, timeout=10, what="the refusal"
+        )
+        assert peer["alive"] is False and "401" in peer["error"]
+        assert _service(following, "api") is None
+        assert http(mallory_listen, "api.localhost")[0] == 404
+        # Straight at the mesh port: unsigned, or signed with another key, or replayed: 401.
+        assert http(mesh_port, "api", "/", {"X-DevMesh-Service": "api"})[0] == 401
+        forged = sign(mesh_key("team", "guess"), "GET", CATALOG_PATH, "mallory")
+        assert http(mesh_port, "x", CATALOG_PATH, forged)[0] == 401
+        good = sign(mesh_key("team", "s3cret"), "GET", CATALOG_PATH, "tester")
+        assert http(mesh_port, "x", CATALOG_PATH, good)[0] == 200
+        assert http(mesh_port, "x", CATALOG_PATH, good)[0] == 401, "a replayed request must be refused"
+
+
+def test_requires_filters_peer_versions_under_both_policies(tmp_path: Path) -> None:
+    mesh_port = free_port()
+    alice, bob = project_in(tmp_path, "alice"), project_in(tmp_path, "bob")
+    offering_agent(alice, mesh_port=mesh_port, version="1.4.2")
+    bob_listen = following_agent(bob, peer_port=mesh_port, extra='[services.api]\nrequires = "^2.0"\n')
+    with running_agent(alice) as offering, running_agent(bob) as following:
+        offering.wait_healthy("api")
+        wait_for(lambda: following.status()["peers"][0]["alive"], timeout=10, what="alice to be followed")
+        status, _, body = http(bob_listen, "api.localhost")
+        page = json.loads(body)
+        assert status == 503
+        assert "1.4.2" in page["message"] and "^2.0" in page["message"]
+        # warn: a version outside the range rather than no answer.
+        bob.write(
+            bob.root.joinpath("devmesh.toml")
+            .read_text()
+            .replace('name = "team"', 'name = "team"\nversion_policy = "warn"')
+        )
+        wait_for(lambda: http(bob_listen, "api.localhost")[0] == 200, timeout=10, what="the warn policy")
+
+
+def _service(agent, name: str):  # type: ignore[no-untyped-def]
+    for entry in agent.status()["services"]:
+        if entry["name"] == name:
+            return entry
+    return None
