@@ -42,19 +42,28 @@ def project_in(root: Path, name: str) -> Project:
 
 
 def offering_agent(
-    project: Project, *, mesh_port: int, secret: str = "s3cret", version: str = "1.4.2"
+    project: Project,
+    *,
+    mesh_port: int,
+    secret: str = "s3cret",
+    version: str = "1.4.2",
+    mesh: str = "team",
+    discovery: str = "off",
 ) -> int:
     listen = free_port()
     project.write(
         f"""
 [mesh]
-name = "team"
+name = "{mesh}"
 secret = "{secret}"
 share = true
 [proxy]
 admin = "127.0.0.1:0"
 listen = "127.0.0.1:{listen}"
 mesh = "127.0.0.1:{mesh_port}"
+[peers]
+discovery = "{discovery}"
+interfaces = ["127.0.0.1"]
 [services.api]
 command = "{TINY_COMMAND}"
 version = "{version}"
@@ -64,19 +73,30 @@ health = {{ http = "/health", interval = "1s" }}
     return listen
 
 
-def following_agent(project: Project, *, peer_port: int, secret: str = "s3cret", extra: str = "") -> int:
+def following_agent(
+    project: Project,
+    *,
+    peer_port: int | None,
+    secret: str = "s3cret",
+    extra: str = "",
+    mesh: str = "team",
+    discovery: str = "off",
+) -> int:
     listen = free_port()
+    static = f'"127.0.0.1:{peer_port}"' if peer_port is not None else ""
     project.write(
         f"""
 [mesh]
-name = "team"
+name = "{mesh}"
 secret = "{secret}"
 [proxy]
 admin = "127.0.0.1:0"
 listen = "127.0.0.1:{listen}"
 mesh = "127.0.0.1:{free_port()}"
 [peers]
-static = ["127.0.0.1:{peer_port}"]
+static = [{static}]
+discovery = "{discovery}"
+interfaces = ["127.0.0.1"]
 [services.web]
 command = "{TINY_COMMAND}"
 {extra}
@@ -94,7 +114,7 @@ def test_a_peers_service_is_served_through_its_mesh_port_and_leaves_when_the_pee
     bob_listen = following_agent(bob, peer_port=mesh_port)
     with running_agent(alice) as offering, running_agent(bob) as following:
         offering.wait_healthy("api")
-        entry = wait_for(lambda: _service(following, "api"), timeout=10, what="alice's api in bob's mesh")
+        entry = wait_for(lambda: _healthy(following, "api"), timeout=10, what="alice's api in bob's mesh")
         assert entry["origin"] == "peer" and entry["version"] == "1.4.2"
         assert entry["url"] == f"http://api.localhost:{bob_listen}"
 
@@ -165,3 +185,24 @@ def _service(agent, name: str):  # type: ignore[no-untyped-def]
         if entry["name"] == name:
             return entry
     return None
+
+
+def test_peers_find_each_other_by_mdns_on_loopback_and_a_clean_stop_is_seen_at_once(tmp_path: Path) -> None:
+    mesh = f"mdns-{tmp_path.name}"  # unique: agents of parallel tests on loopback never meet
+    alice, bob = project_in(tmp_path, "alice"), project_in(tmp_path, "bob")
+    bob_listen = following_agent(bob, peer_port=None, mesh=mesh, discovery="mdns")
+    offering_agent(alice, mesh_port=free_port(), mesh=mesh, discovery="mdns")
+    with running_agent(bob) as following:
+        with running_agent(alice) as offering:
+            offering.wait_healthy("api")
+            wait_for(lambda: _healthy(following, "api"), timeout=10, what="alice's api found by mDNS")
+            status, headers, _ = http(bob_listen, "api.localhost")
+            assert status == 200 and headers["x-devmesh-served-by"].endswith("/api@1.4.2")
+        stopped = time.monotonic()  # alice stopped cleanly: a goodbye on mDNS, a closed mesh port
+        wait_for(lambda: _service(following, "api") is None, timeout=5, what="alice to leave")
+        assert time.monotonic() - stopped < 2.0
+
+
+def _healthy(agent, name: str):  # type: ignore[no-untyped-def]
+    entry = _service(agent, name)
+    return entry if entry is not None and entry["health"] == "healthy" else None

@@ -48,6 +48,7 @@ from devmesh.supervisor.reaper import owner_marker, reap_project
 if TYPE_CHECKING:
     from devmesh.admin.models import ServiceStatus, StatusDocument
     from devmesh.peers.follower import PeerFollower
+    from devmesh.peers.mdns import MdnsDiscovery
     from devmesh.proxy.server import ProxyServer
 
 
@@ -134,6 +135,7 @@ class Agent:
         self.mesh_address: Address | None = None
         self.mesh_proxy: ProxyServer | None = None
         self.peers: PeerFollower | None = None
+        self.discovery: MdnsDiscovery | None = None
         self.paths = StatePaths(loaded.project_dir)
         self._requested = list(services) if services else None
         self._terminal = terminal if terminal is not None else sys.stdout
@@ -245,8 +247,7 @@ class Agent:
             self._publish()
             await asyncio.sleep(0)  # the runners spawn the first services...
             await self._start_proxy(proxy_socket, https_socket, tls)  # ...while the proxy's code loads
-            if mesh_socket is not None:
-                await self._start_mesh(mesh_socket, logs)
+            await self._start_mesh(mesh_socket, logs)
             ready = loop.create_task(self._announce_ready(order, started_at, logs))
             tasks.append(ready)
             stopping = loop.create_task(self._stop_event.wait())
@@ -282,6 +283,8 @@ class Agent:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self.discovery is not None:
+                await self.discovery.close()  # the goodbye first: peers drop this agent at once
             if self.peers is not None:
                 await self.peers.close()
             if self.mesh_proxy is not None:
@@ -550,41 +553,69 @@ class Agent:
             services=offered,
         ).to_json()
 
-    async def _start_mesh(self, sock: socket.socket, logs: LogSink) -> None:
+    def _mdns(self) -> bool:
+        """mDNS runs for a team mesh (a secret set, or services shared), never for a project alone:
+        without either, nothing devmesh does leaves loopback."""
+        config = self.loaded.config
+        return config.peers.discovery == "mdns" and bool(config.mesh.secret or self._sharing())
+
+    async def _start_mesh(self, sock: socket.socket | None, logs: LogSink) -> None:
+        """Serve the mesh port (when there is one) and follow peers (static, and found by mDNS)."""
         from devmesh.peers.follower import PeerFollower
         from devmesh.peers.policy import MeshPolicy
         from devmesh.peers.signing import Verifier, mesh_hash
-        from devmesh.proxy.server import ProxyServer
 
         config = self.loaded.config
         key = self._mesh_key()
-        if key is None and self._sharing():
-            logs.agent(
-                "warning: this mesh is shared without a secret: anyone who can reach "
-                f"{self.mesh_address} can call the services it offers (set [mesh] secret)"
+        if sock is not None:
+            from devmesh.proxy.server import ProxyServer
+
+            if key is None and self._sharing():
+                logs.agent(
+                    "warning: this mesh is shared without a secret: anyone who can reach "
+                    f"{self.mesh_address} can call the services it offers (set [mesh] secret)"
+                )
+            policy = MeshPolicy(
+                Verifier(key) if key is not None else None, catalog=self.catalog_json, offers=self.offers
             )
-        policy = MeshPolicy(
-            Verifier(key) if key is not None else None, catalog=self.catalog_json, offers=self.offers
+            self.mesh_proxy = ProxyServer(
+                self.state, timeout_s=config.proxy.timeout, retries=config.proxy.retries, mesh=policy
+            )
+            await self.mesh_proxy.start(sock)
+            offered = [name for name in config.services if self.offers(name)]
+            logs.agent(
+                f"mesh port on {self.mesh_address} as peer {self.peer_id}"
+                + (f", offering {', '.join(offered)}" if offered else ", offering nothing")
+            )
+        if not (config.peers.static or self._mdns()):
+            return
+        digest = mesh_hash(self.loaded.mesh_name, config.mesh.secret)
+        self.peers = PeerFollower(
+            list(config.peers.static),
+            key=key,
+            peer_id=self.peer_id,
+            mesh_hash=digest,
+            on_change=self._schedule_publish,
+            log=logs.agent,
         )
-        self.mesh_proxy = ProxyServer(
-            self.state, timeout_s=config.proxy.timeout, retries=config.proxy.retries, mesh=policy
-        )
-        await self.mesh_proxy.start(sock)
-        offered = [name for name in config.services if self.offers(name)]
-        logs.agent(
-            f"mesh port on {self.mesh_address} as peer {self.peer_id}"
-            + (f", offering {', '.join(offered)}" if offered else ", offering nothing")
-        )
-        if config.peers.static:
-            self.peers = PeerFollower(
-                list(config.peers.static),
-                key=key,
+        self.peers.start()
+        if self._mdns():
+            from devmesh.peers.mdns import MdnsDiscovery
+
+            self.discovery = MdnsDiscovery(
                 peer_id=self.peer_id,
-                mesh_hash=mesh_hash(self.loaded.mesh_name, config.mesh.secret),
-                on_change=self._schedule_publish,
+                mesh_hash=digest,
+                epoch=self.epoch,
+                announce=self.mesh_address if self._sharing() else None,
+                interfaces=list(config.peers.interfaces),
+                follower=self.peers,
                 log=logs.agent,
             )
-            self.peers.start()
+            try:
+                await self.discovery.start()
+            except OSError as error:
+                logs.agent(f"mDNS discovery is off: {error.strerror or error} (check [peers] interfaces)")
+                self.discovery = None
 
     def _child_env(self, config: MeshConfig) -> dict[str, str]:
         """The agent's environment, plus where each service is reached through the proxy:

@@ -95,16 +95,37 @@ class PeerFollower:
         self._mesh_hash = mesh_hash
         self._on_change = on_change
         self._log = log
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._follow(state)) for state in self.peers]
+        for state in self.peers:
+            self._tasks[str(state.address)] = asyncio.get_running_loop().create_task(self._follow(state))
+
+    def add(self, address: Address) -> None:
+        """Follow one more address (a peer found by discovery); nothing if it is followed already."""
+        if str(address) in self._tasks:
+            return
+        state = PeerState(address)
+        self.peers.append(state)
+        self._tasks[str(address)] = asyncio.get_running_loop().create_task(self._follow(state))
+
+    def remove(self, address: Address, reason: str) -> None:
+        """Stop following `address` (its agent said goodbye): it leaves the route table at once."""
+        task = self._tasks.pop(str(address), None)
+        if task is not None:
+            task.cancel()
+        for state in list(self.peers):
+            if str(state.address) == str(address):
+                self.peers.remove(state)
+                if state.catalog is not None:
+                    self._log(f"peer {state.catalog.peer} at {address} left ({reason})")
+                    self._on_change()
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
