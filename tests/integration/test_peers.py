@@ -206,3 +206,44 @@ def test_peers_find_each_other_by_mdns_on_loopback_and_a_clean_stop_is_seen_at_o
 def _healthy(agent, name: str):  # type: ignore[no-untyped-def]
     entry = _service(agent, name)
     return entry if entry is not None and entry["health"] == "healthy" else None
+
+
+def test_local_first_then_pins_by_header_and_by_devmesh_route(tmp_path: Path) -> None:
+    from support import devmesh
+
+    mesh_port = free_port()
+    alice, bob = project_in(tmp_path, "alice"), project_in(tmp_path, "bob")
+    offering_agent(alice, mesh_port=mesh_port, version="2.0.0")
+    own_api = f'[services.api]\ncommand = "{TINY_COMMAND}"\nversion = "1.0.0"\n'
+    bob_listen = following_agent(bob, peer_port=mesh_port, extra=own_api)
+    with running_agent(alice) as offering, running_agent(bob) as following:
+        offering.wait_healthy("api")
+        following.wait_healthy("api")
+        wait_for(lambda: following.status()["peers"][0]["alive"], timeout=10, what="alice followed")
+        alice_peer = following.status()["peers"][0]["peer"]
+        wait_for(
+            lambda: (
+                http(bob_listen, "api.localhost", headers={"X-DevMesh-Route": f"peer={alice_peer}"})[0] == 200
+            ),
+            timeout=10,
+            what="alice's api among bob's endpoints",
+        )
+        served = lambda **h: http(bob_listen, "api.localhost", headers=h)[1]["x-devmesh-served-by"]  # noqa: E731
+        assert served() == "local/api@1.0.0", "this machine's endpoint first"
+        assert served(**{"X-DevMesh-Route": f"peer={alice_peer}"}) == f"{alice_peer}/api@2.0.0"
+        assert http(bob_listen, "api.localhost", headers={"X-DevMesh-Route": "peer=nobody"})[0] == 503
+        assert http(bob_listen, "api.localhost", headers={"X-DevMesh-Route": "sideways"})[0] == 400
+
+        pinned = devmesh("route", "api", "--peer", alice_peer, cwd=bob.root)
+        assert pinned.returncode == 0, pinned.stderr
+        assert {served() for _ in range(3)} == {f"{alice_peer}/api@2.0.0"}
+        assert following.client.get("/api/v1/routes") == {"api": f"peer={alice_peer}"}
+        assert devmesh("route", "api", "--clear", cwd=bob.root).returncode == 0
+        assert served() == "local/api@1.0.0"
+        assert devmesh("route", "api", "--local", "--remote", cwd=bob.root).returncode == 2
+
+        listed = json.loads(devmesh("peers", "--json", cwd=bob.root).stdout)
+        assert listed[0]["peer"] == alice_peer and listed[0]["alive"] is True
+        assert listed[0]["services"] == [{"name": "api", "version": "2.0.0", "healthy": True}]
+        table = devmesh("peers", cwd=bob.root).stdout
+        assert alice_peer in table and "api@2.0.0" in table

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from devmesh import __version__
-from devmesh.admin.models import ActionResult, Problem, Registration, ServiceStatus, StatusDocument
+from devmesh.admin.models import ActionResult, Problem, Registration, RoutePin, ServiceStatus, StatusDocument
 from devmesh.config.schema import HealthSection
 from devmesh.supervisor.manager import SupervisorError
 
@@ -40,6 +40,13 @@ class AgentControl(Protocol):
     ) -> None: ...
 
     async def unregister(self, name: str) -> None: ...
+
+    @property
+    def pins(self) -> dict[str, str]: ...
+
+    def pin(self, name: str, pin: str) -> None: ...
+
+    def unpin(self, name: str) -> None: ...
 
 
 def _host_is_loopback(host_header: str) -> bool:
@@ -144,6 +151,21 @@ def create_admin_app(agent: AgentControl) -> FastAPI:
     @app.get("/api/v1/peers")
     async def peers() -> list[dict[str, object]]:
         return agent.status().peers
+
+    @app.get("/api/v1/routes")
+    async def routes() -> dict[str, str]:
+        """The pins set by `devmesh route`: service -> local | remote | peer=ID."""
+        return dict(agent.pins)
+
+    @app.post("/api/v1/routes/{name}", dependencies=writes, responses=problems)
+    async def pin(name: str, body: RoutePin) -> ActionResult:
+        agent.pin(name, body.pin)
+        return ActionResult(service=name, action=f"route {body.pin}")
+
+    @app.delete("/api/v1/routes/{name}", dependencies=writes, responses=problems)
+    async def unpin(name: str) -> ActionResult:
+        agent.unpin(name)
+        return ActionResult(service=name, action="route cleared")
 
     @app.get("/", include_in_schema=False)
     async def root() -> Response:

@@ -52,6 +52,12 @@ class Registration(BaseModel):
     )
 
 
+class RoutePin(BaseModel):
+    """`{"pin": "local" | "remote" | "peer=ID"}`: where requests for a service go, whatever else is up."""
+
+    pin: str = Field(pattern=r"^(local|remote|peer[=:].+)$")
+
+
 class ActionResult(BaseModel):
     ok: bool = True
     service: str

@@ -136,6 +136,7 @@ class Agent:
         self.mesh_proxy: ProxyServer | None = None
         self.peers: PeerFollower | None = None
         self.discovery: MdnsDiscovery | None = None
+        self._pins: dict[str, str] = {}  # `devmesh route`: service -> local | remote | peer=ID
         self.paths = StatePaths(loaded.project_dir)
         self._requested = list(services) if services else None
         self._terminal = terminal if terminal is not None else sys.stdout
@@ -417,16 +418,48 @@ class Agent:
         )
 
     def _views(self) -> dict[str, ServiceView]:
-        """The supervisor's services, with the endpoints peers offer merged in."""
+        """The supervisor's services, with the endpoints peers offer merged in and the pins applied."""
         if self.supervisor is None:
             return {}
         views = self.supervisor.views(self.loaded.config.mesh.domain)
-        if self.peers is None:
-            return views
-        from devmesh.peers.merge import merge_peers
+        if self.peers is not None:
+            from devmesh.peers.merge import merge_peers
 
-        live = [(state.address, state.catalog) for state in self.peers.live() if state.catalog is not None]
-        return merge_peers(views, live, version_policy=self.loaded.config.mesh.version_policy)
+            live = [(s.address, s.catalog) for s in self.peers.live() if s.catalog is not None]
+            views = merge_peers(views, live, version_policy=self.loaded.config.mesh.version_policy)
+        for name, pin in self._pins.items():
+            view = views.get(name)
+            if view is not None:
+                from dataclasses import replace
+
+                from devmesh.routing.table import apply_pin
+
+                kept = tuple(apply_pin(list(view.endpoints), pin))
+                detail = view.detail if kept else f"pinned to {pin} (`devmesh route {name} --clear` to undo)"
+                views[name] = replace(view, endpoints=kept, detail=detail)
+        return views
+
+    # -- pins (`devmesh route`) -----------------------------------------------------------------------
+
+    @property
+    def pins(self) -> dict[str, str]:
+        return dict(self._pins)
+
+    def pin(self, name: str, pin: str) -> None:
+        from devmesh.routing.table import parse_pin
+        from devmesh.supervisor.manager import SupervisorError
+
+        parsed = parse_pin(pin)
+        if parsed is None:
+            raise SupervisorError("a pin is local, remote or peer=ID")
+        if name not in self._views():
+            raise SupervisorError(f"no service named {name!r} (here or at a peer)", status=404)
+        self._pins[name] = parsed
+        self._publish()
+
+    def unpin(self, name: str) -> None:
+        self._pins.pop(name, None)
+        self._publish()
 
     def status(self) -> StatusDocument:
         from devmesh.admin.models import AgentInfo, StatusDocument

@@ -436,6 +436,76 @@ def restart(ctx: click.Context, service: str) -> None:
 
 
 @app.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def peers(ctx: click.Context, as_json: bool) -> None:
+    """Show the peers this agent follows: address, whether alive, latency, the services they offer.
+
+    \b
+    Examples:
+      devmesh peers
+      devmesh peers --json
+    """
+    found = _call(ctx, "get", "/api/v1/peers")
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    from devmesh.cli.table import paint, print_table
+    from devmesh.supervisor.logs import colour_enabled
+
+    colour = colour_enabled(sys.stdout)
+    rows = [
+        [
+            entry["peer"] or "?",
+            entry["address"],
+            paint("alive", "green", colour) if entry["alive"] else paint("gone", "red", colour),
+            f"{entry['latency_ms']:.1f} ms" if entry["alive"] else "",
+            ", ".join(
+                f"{s['name']}@{s['version']}" if s["version"] else s["name"] for s in entry["services"]
+            ),
+            entry["error"] or "",
+        ]
+        for entry in found
+    ]
+    if not rows:
+        click.echo("no peers: set [peers] static, or a [mesh] secret for mDNS discovery on the LAN")
+        return
+    print_table(["peer", "address", "state", "latency", "services", "last error"], rows)
+
+
+@app.command()
+@click.argument("service")
+@click.option("--peer", "peer", metavar="ID", help="Send every request for SERVICE to this peer.")
+@click.option("--local", "local", is_flag=True, help="Only this machine's endpoints.")
+@click.option("--remote", "remote", is_flag=True, help="Only the remote fallback.")
+@click.option("--clear", "clear", is_flag=True, help="Back to the usual order (local, peers, remote).")
+@click.pass_context
+def route(ctx: click.Context, service: str, peer: str | None, local: bool, remote: bool, clear: bool) -> None:
+    """Pin where requests for SERVICE go, whatever else is up (one request: header X-DevMesh-Route).
+
+    \b
+    Examples:
+      devmesh route api --peer alice-3f2a1b
+      devmesh route api --local
+      devmesh route api --clear
+    """
+    chosen = [
+        name
+        for name, given in (("--peer", peer), ("--local", local), ("--remote", remote), ("--clear", clear))
+        if given
+    ]
+    if len(chosen) != 1:
+        _fail("give exactly one of --peer ID, --local, --remote, --clear", EXIT_USAGE)
+    if clear:
+        _call(ctx, "delete", f"/api/v1/routes/{service}")
+        click.echo(f"{service}: back to the usual order")
+        return
+    pin = f"peer={peer}" if peer else ("local" if local else "remote")
+    _call(ctx, "post", f"/api/v1/routes/{service}", {"pin": pin})
+    click.echo(f"{service}: pinned to {pin}")
+
+
+@app.command()
 @click.option("--force", is_flag=True, help="Overwrite an existing devmesh.toml.")
 def init(force: bool) -> None:
     """Write a commented devmesh.toml, detecting a Procfile, docker-compose.yml or package.json scripts.

@@ -16,7 +16,7 @@ from devmesh.peers.signing import SERVICE_HEADER, SIGNED_HEADERS
 from devmesh.proxy import headers as hdr
 from devmesh.proxy.observe import RequestRecord
 from devmesh.proxy.pages import ErrorPage, response_bytes
-from devmesh.routing.table import LOCAL_ORIGINS, describe_unavailable
+from devmesh.routing.table import LOCAL_ORIGINS, apply_pin, describe_unavailable, parse_pin, select_endpoints
 
 if TYPE_CHECKING:
     from devmesh.proxy.client import ClientConnection
@@ -67,6 +67,7 @@ class Exchange:
         "response_status",
         "response_trailers",
         "retries_left",
+        "route_pin",
         "started",
         "target",
         "trace_header",
@@ -95,6 +96,7 @@ class Exchange:
         self.host = ""
         self.accept: bytes | None = None
         self.trace_header: bytes | None = None
+        self.route_pin: bytes | None = None
         self.traceparent: bytes | None = None
         self.trace_id = ""
         self.chunked = False
@@ -163,6 +165,8 @@ class Exchange:
                 self.upgrade = value
             elif lowered == b"connection":
                 self.connection_header = value
+            elif lowered == b"x-devmesh-route":
+                self.route_pin = value
 
     def on_request_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
@@ -252,7 +256,28 @@ class Exchange:
             )
             return
         self.view = view
-        self._forward(view, server.endpoints_for(view))
+        endpoints = server.endpoints_for(view)
+        if self.route_pin is not None:
+            pin = parse_pin(self.route_pin.decode("latin-1"))
+            if pin is None:
+                self.respond_error(
+                    ErrorPage(400, "Bad Request", "X-DevMesh-Route must be local, remote or peer=ID.")
+                )
+                return
+            endpoints = apply_pin(select_endpoints(view), pin)
+            if not endpoints:
+                where = ", ".join(sorted({e.peer_id or e.origin.value for e in view.endpoints})) or "nowhere"
+                self.respond_error(
+                    ErrorPage(
+                        503,
+                        "Service unavailable",
+                        f"X-DevMesh-Route: {pin} allows no endpoint of {view.name} (it runs: {where}).",
+                        hint="drop the header, or pin to one of those; `devmesh peers` lists the peers",
+                        service=view.name,
+                    )
+                )
+                return
+        self._forward(view, endpoints)
 
     def _forward(self, view: ServiceView, endpoints: list[Endpoint]) -> None:
         server = self.client.server

@@ -119,6 +119,28 @@ def select_endpoints(view: ServiceView, turn: int = 0) -> list[Endpoint]:
     return _rotate(local, turn) + _rotate(others, turn)
 
 
+def parse_pin(text: str) -> str | None:
+    """`local`, `remote` or `peer=ID` (also `peer:ID`), normalized; None when it is none of these."""
+    value = text.strip()
+    if value in ("local", "remote"):
+        return value
+    for separator in ("=", ":"):
+        kind, found, peer = value.partition(separator)
+        if found and kind.strip() == "peer" and peer.strip():
+            return f"peer={peer.strip()}"
+    return None
+
+
+def apply_pin(endpoints: list[Endpoint], pin: str) -> list[Endpoint]:
+    """The endpoints a pin allows (DESIGN §3 step 2: a pin wins over the usual order)."""
+    if pin == "local":
+        return [e for e in endpoints if e.origin in LOCAL_ORIGINS]
+    if pin == "remote":
+        return [e for e in endpoints if e.origin is Origin.REMOTE]
+    peer = pin.removeprefix("peer=")
+    return [e for e in endpoints if e.origin is Origin.PEER and e.peer_id == peer]
+
+
 def _rotate(endpoints: list[Endpoint], turn: int) -> list[Endpoint]:
     if len(endpoints) < 2:
         return endpoints
