@@ -38,7 +38,7 @@ from devmesh.agent.paths import (
 from devmesh.config import ConfigError, LoadedConfig, load_config
 from devmesh.config.schema import HealthSection, MeshConfig
 from devmesh.config.units import Address
-from devmesh.mesh.snapshot import Health, MeshState, Origin, RunState, ServiceView
+from devmesh.mesh.snapshot import Health, MeshSnapshot, MeshState, Origin, RunState, ServiceView
 from devmesh.supervisor.guardian import Guardian
 from devmesh.supervisor.logs import LogSink
 from devmesh.supervisor.manager import Supervisor
@@ -410,12 +410,18 @@ class Agent:
         self._publish_scheduled = False
         if self.supervisor is None:
             return
-        self.state.publish(
+        previous = self.state.snapshot
+        published = self.state.publish(
             self._views(),
             mesh=self.loaded.mesh_name,
             domain=self.loaded.config.mesh.domain,
             config_error=self.config_error,
         )
+        if self.proxy is not None and self.peers is not None:
+            # Peers that left: requests in flight to them move to the next endpoint now, rather than
+            # waiting out the proxy timeout on a connection nobody will answer.
+            for key in _peer_keys(previous) - _peer_keys(published):
+                self.proxy.pool.drop(key)
 
     def _views(self) -> dict[str, ServiceView]:
         """The supervisor's services, with the endpoints peers offer merged in and the pins applied."""
@@ -705,6 +711,15 @@ class Agent:
     async def unregister(self, name: str) -> None:
         assert self.supervisor is not None
         await self.supervisor.unregister(name)
+
+
+def _peer_keys(snapshot: MeshSnapshot) -> set[tuple[str, int]]:
+    return {
+        (endpoint.host, endpoint.port)
+        for view in snapshot.services.values()
+        for endpoint in view.endpoints
+        if endpoint.origin is Origin.PEER
+    }
 
 
 def _config_signature(project_dir: Path) -> dict[str, tuple[int, int, int]]:

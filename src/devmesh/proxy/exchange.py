@@ -639,6 +639,22 @@ class Exchange:
         reason = "connection closed before a response"
         self._failed(f"{self.endpoint.authority if self.endpoint else '?'}: {reason}", sent=True)
 
+    def on_endpoint_gone(self) -> None:
+        """Its endpoint left the route table mid-request (the connection is already dropped): route
+        again from the current snapshot when that is safe, else end the request."""
+        self.upstream = None
+        if self.done:
+            return
+        if self.response_started:
+            self.client.abort_response()
+            self._log()
+            self.done = True
+            return
+        if self._can_resend(sent=True):
+            self.client.server.loop.call_soon(self.start)
+            return
+        self._failed(f"{self.endpoint.authority if self.endpoint else '?'}: left the mesh", sent=True)
+
     def on_upstream_timeout(self, upstream: UpstreamConnection) -> None:
         upstream.abort()
         self.upstream = None

@@ -282,6 +282,17 @@ class UpstreamPool:
             if exchange is not None:
                 exchange.on_upstream_timeout(connection)
 
+    def drop(self, key: EndpointKey) -> None:
+        """An endpoint left the mesh (a peer died or was cut off): close its idle connections, and move
+        the requests waiting on its busy ones elsewhere instead of letting them time out."""
+        for connection in self.idle.pop(key, []):
+            connection.close()
+        for connection in [c for c in self.busy if c.key == key]:
+            exchange = connection.exchange
+            connection.abort()
+            if exchange is not None:
+                exchange.on_endpoint_gone()
+
     def close_all(self) -> None:
         for idle in list(self.idle.values()):
             for connection in list(idle):

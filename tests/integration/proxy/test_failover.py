@@ -165,3 +165,25 @@ async def test_a_service_that_never_comes_up_gets_a_503_after_the_wait() -> None
         answer = await proxy.request("api.localhost")
         assert answer.status == 503
         assert "still starting" in json.loads(answer.body)["message"]
+
+
+async def test_a_request_waiting_on_an_endpoint_that_leaves_moves_to_the_next_one() -> None:
+    silent = asyncio.Event()
+
+    async def hangs(_request: Message, _r: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+        await silent.wait()  # a peer cut off the network: the request is never answered
+
+    async with backend(hangs) as cut, backend() as alive:
+        async with running_proxy(two_endpoints(cut.port, alive.port)) as proxy:
+            proxy.server._turns["api"] = 0
+            pending = asyncio.ensure_future(proxy.request("api.localhost", "/x", method="PUT", body=b"data"))
+            for _ in range(200):
+                if cut.requests:
+                    break
+                await asyncio.sleep(0.01)
+            proxy.publish(service_view("api", alive.port))  # the cut-off endpoint left the mesh
+            proxy.server.pool.drop(("127.0.0.1", cut.port))
+            answer = await asyncio.wait_for(pending, 5)
+            assert answer.status == 200 and answer.body == b"data"
+            assert answer.header("x-echo-method") == "PUT"
+            silent.set()
