@@ -38,7 +38,7 @@ from devmesh.agent.paths import (
 from devmesh.config import ConfigError, LoadedConfig, load_config
 from devmesh.config.schema import HealthSection, MeshConfig
 from devmesh.config.units import Address
-from devmesh.mesh.snapshot import Health, MeshSnapshot, MeshState, Origin, RunState, ServiceView
+from devmesh.mesh.snapshot import Endpoint, Health, MeshSnapshot, MeshState, Origin, RunState, ServiceView
 from devmesh.supervisor.guardian import Guardian
 from devmesh.supervisor.logs import LogSink
 from devmesh.supervisor.manager import Supervisor
@@ -433,16 +433,21 @@ class Agent:
 
             live = [(s.address, s.catalog) for s in self.peers.live() if s.catalog is not None]
             views = merge_peers(views, live, version_policy=self.loaded.config.mesh.version_policy)
+        from dataclasses import replace
+
+        from devmesh.routing.table import apply_pin
+
+        for name, view in list(views.items()):
+            if view.remote:
+                views[name] = replace(view, endpoints=(*view.endpoints, _remote_endpoint(name, view.remote)))
         for name, pin in self._pins.items():
-            view = views.get(name)
-            if view is not None:
-                from dataclasses import replace
-
-                from devmesh.routing.table import apply_pin
-
-                kept = tuple(apply_pin(list(view.endpoints), pin))
-                detail = view.detail if kept else f"pinned to {pin} (`devmesh route {name} --clear` to undo)"
-                views[name] = replace(view, endpoints=kept, detail=detail)
+            pinned = views.get(name)
+            if pinned is not None:
+                kept = tuple(apply_pin(list(pinned.endpoints), pin))
+                detail = (
+                    pinned.detail if kept else f"pinned to {pin} (`devmesh route {name} --clear` to undo)"
+                )
+                views[name] = replace(pinned, endpoints=kept, detail=detail)
         return views
 
     # -- pins (`devmesh route`) -----------------------------------------------------------------------
@@ -711,6 +716,24 @@ class Agent:
     async def unregister(self, name: str) -> None:
         assert self.supervisor is not None
         await self.supervisor.unregister(name)
+
+
+def _remote_endpoint(service: str, url: str) -> Endpoint:
+    """The remote fallback (`remote = "https://api.staging.shop.dev"`) as the last endpoint: it gets the
+    request with its own name as Host, over TLS for https."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    tls = parts.scheme == "https"
+    return Endpoint(
+        service=service,
+        host=parts.hostname or "",
+        port=parts.port or (443 if tls else 80),
+        origin=Origin.REMOTE,
+        healthy=True,
+        tls=tls,
+        host_header=parts.netloc,
+    )
 
 
 def _peer_keys(snapshot: MeshSnapshot) -> set[tuple[str, int]]:

@@ -46,6 +46,8 @@ class Endpoint:
     healthy: bool
     version: str | None = None
     peer_id: str | None = None
+    tls: bool = False  # the remote fallback over HTTPS
+    host_header: str | None = None  # the Host a remote expects (its own name), instead of the client's
 
     @property
     def authority(self) -> str:

@@ -358,8 +358,13 @@ class Exchange:
         self.headers.insert(0, (b"Host", authority))
         return True
 
-    def _request_head(self) -> bytes:
+    def _request_head(self, *, host: bytes | None = None) -> bytes:
+        """The head for the service; `host`: the Host a remote fallback expects instead of the client's
+        (X-Forwarded-Host keeps the client's)."""
         client = self.client
+        headers = self.headers
+        if host is not None:
+            headers = [(b"Host", host), *((n, v) for n, v in headers if n.lower() != b"host")]
         if self.chunked:
             framing = _CHUNKED
         elif self.content_length is not None:
@@ -369,7 +374,7 @@ class Exchange:
         return hdr.upstream_request_head(
             self.method,
             self.target,
-            self.headers,
+            headers,
             host=self.host_raw or b"",
             client_ip=client.client_ip,
             scheme=client.scheme,
@@ -394,7 +399,7 @@ class Exchange:
     async def _connect(self, endpoint: Endpoint) -> None:
         pool = self.client.server.pool
         try:
-            upstream = await pool.connect((endpoint.host, endpoint.port))
+            upstream = await pool.connect((endpoint.host, endpoint.port), tls=endpoint.tls)
         except (OSError, TimeoutError) as error:
             self.connecting = False
             if self.done:
@@ -416,6 +421,8 @@ class Exchange:
         upstream.deadline = self.client.server.loop.time() + self.client.server.timeout_s
         head = self.request_head
         endpoint = self.endpoint
+        if endpoint is not None and endpoint.host_header is not None:
+            head = self._request_head(host=endpoint.host_header.encode("latin-1"))
         if endpoint is not None and endpoint.origin is Origin.PEER:
             head = (
                 head[:-2]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -223,6 +224,7 @@ class UpstreamPool:
         self.connect_timeout_s = connect_timeout_s
         self.opened = 0  # connections ever opened: tests and the benchmark read it to see reuse
         self.clock: Callable[[], float] = time.monotonic  # the loop's time, set by the server
+        self._tls_context: ssl.SSLContext | None = None
 
     def acquire(self, key: EndpointKey) -> UpstreamConnection | None:
         idle = self.idle.get(key)
@@ -234,11 +236,22 @@ class UpstreamPool:
                 return connection
         return None
 
-    async def connect(self, key: EndpointKey) -> UpstreamConnection:
+    async def connect(self, key: EndpointKey, *, tls: bool = False) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
+        context: ssl.SSLContext | None = None
+        if tls:
+            if self._tls_context is None:
+                # The system's trust store (SSL_CERT_FILE and friends apply): a remote is a real site.
+                self._tls_context = ssl.create_default_context()
+                self._tls_context.set_alpn_protocols(["http/1.1"])
+            context = self._tls_context
         async with asyncio.timeout(self.connect_timeout_s):
             _transport, connection = await loop.create_connection(
-                lambda: UpstreamConnection(self, key), key[0], key[1]
+                lambda: UpstreamConnection(self, key),
+                key[0],
+                key[1],
+                ssl=context,
+                server_hostname=key[0] if tls else None,
             )
         self.opened += 1
         self.busy.add(connection)

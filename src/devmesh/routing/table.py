@@ -111,12 +111,13 @@ class RouteTable:
 def select_endpoints(view: ServiceView, turn: int = 0) -> list[Endpoint]:
     """The endpoints to try for `view`, best first (DESIGN §3 step 2).
 
-    Healthy local endpoints first, rotated by `turn` (round robin across requests); peers and the remote
-    fallback join this order when discovery brings them into the snapshot.
+    Healthy local endpoints first, then peers' (both rotated by `turn`: round robin across requests),
+    then the remote fallback.
     """
     local = [e for e in view.endpoints if e.healthy and e.origin in LOCAL_ORIGINS]
-    others = [e for e in view.endpoints if e.healthy and e.origin not in LOCAL_ORIGINS]
-    return _rotate(local, turn) + _rotate(others, turn)
+    peers = [e for e in view.endpoints if e.healthy and e.origin is Origin.PEER]
+    remote = [e for e in view.endpoints if e.healthy and e.origin is Origin.REMOTE]
+    return _rotate(local, turn) + _rotate(peers, turn) + remote
 
 
 def parse_pin(text: str) -> str | None:
