@@ -247,3 +247,5 @@ def test_local_first_then_pins_by_header_and_by_devmesh_route(tmp_path: Path) ->
         assert listed[0]["services"] == [{"name": "api", "version": "2.0.0", "healthy": True}]
         table = devmesh("peers", cwd=bob.root).stdout
         assert alice_peer in table and "api@2.0.0" in table
+        overview = devmesh("status", cwd=bob.root).stdout
+        assert alice_peer in overview and "alive" in overview and " ms" in overview

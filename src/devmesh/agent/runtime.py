@@ -431,7 +431,9 @@ class Agent:
         if self.peers is not None:
             from devmesh.peers.merge import merge_peers
 
-            live = [(s.address, s.catalog) for s in self.peers.live() if s.catalog is not None]
+            # Closest first: the order endpoints are tried in (round robin among the healthy ones).
+            nearest = sorted(self.peers.live(), key=lambda state: state.latency_s)
+            live = [(s.address, s.catalog) for s in nearest if s.catalog is not None]
             views = merge_peers(views, live, version_policy=self.loaded.config.mesh.version_policy)
         from dataclasses import replace
 

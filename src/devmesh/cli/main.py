@@ -364,6 +364,25 @@ def _print_status(document: dict[str, Any]) -> None:
         )
     click.echo(f"mesh {document['mesh']}")
     print_table(["service", "origin", "state", "health", "pid", "port", "version", "url"], rows)
+    peers = document.get("peers") or []
+    if peers:
+        click.echo("")
+        print_table(
+            ["peer", "address", "state", "latency", "services"],
+            [
+                [
+                    entry["peer"] or "?",
+                    entry["address"],
+                    paint("alive", "green", colour) if entry["alive"] else paint("gone", "red", colour),
+                    f"{entry['latency_ms']:.1f} ms" if entry["alive"] else "",
+                    ", ".join(
+                        f"{s['name']}@{s['version']}" if s["version"] else s["name"]
+                        for s in entry["services"]
+                    ),
+                ]
+                for entry in peers
+            ],
+        )
     agent = document.get("agent")
     if agent and agent.get("config_error"):
         click.echo(

@@ -22,6 +22,7 @@ def merge_peers(
     *,
     version_policy: str = "reject",
 ) -> dict[str, ServiceView]:
+    """`peers` closest first (by measured latency): their endpoints keep that order."""
     merged = dict(local)
     offered: dict[str, list[Endpoint]] = {}
     for address, catalog in peers:
