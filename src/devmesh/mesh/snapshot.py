@@ -72,6 +72,8 @@ class ServiceView:
     remote: str | None = None
     requires: str | None = None
     detail: str | None = None  # the last error or exit status, for `status` and error pages
+    lb: str = "round_robin"  # round_robin | least_conn | random, among endpoints of one tier
+    sticky: str | None = None  # "cookie": a browser keeps the endpoint it got first
 
 
 @dataclass(frozen=True, slots=True)

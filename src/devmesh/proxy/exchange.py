@@ -26,6 +26,19 @@ if TYPE_CHECKING:
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
+
+
+def _cookie(header: bytes | None, name: str) -> str | None:
+    """The value of cookie `name` in a Cookie header, if there."""
+    if header is None:
+        return None
+    for part in header.decode("latin-1").split(";"):
+        key, found, value = part.strip().partition("=")
+        if found and key == name:
+            return value
+    return None
+
+
 _PEER_ONLY_HEADERS = SIGNED_HEADERS | {SERVICE_HEADER.lower().encode()}
 _TWO_HOSTS = b"\x00two"  # never a valid host: marks a request with two Host headers
 
@@ -43,6 +56,7 @@ class Exchange:
         "connecting",
         "connection_header",
         "content_length",
+        "cookie",
         "done",
         "endpoint",
         "expect_continue",
@@ -69,6 +83,7 @@ class Exchange:
         "retries_left",
         "route_pin",
         "started",
+        "sticky_cookie",
         "target",
         "trace_header",
         "trace_id",
@@ -105,6 +120,8 @@ class Exchange:
         self.expect_continue = False
         self.upgrade: bytes | None = None
         self.connection_header: bytes | None = None
+        self.cookie: bytes | None = None
+        self.sticky_cookie: str | None = None  # the cookie that keeps this client on one endpoint
         self.body_complete = False
         self.body_bytes = 0
         # Request bytes (head, then body frames) not yet written to an upstream connection.
@@ -167,6 +184,8 @@ class Exchange:
                 self.connection_header = value
             elif lowered == b"x-devmesh-route":
                 self.route_pin = value
+            elif lowered == b"cookie":
+                self.cookie = value if self.cookie is None else self.cookie + b"; " + value
 
     def on_request_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
@@ -257,6 +276,8 @@ class Exchange:
             return
         self.view = view
         endpoints = server.endpoints_for(view)
+        if view.sticky == "cookie" and len(endpoints) > 1:
+            endpoints = self._sticky(view, endpoints)
         if self.route_pin is not None:
             pin = parse_pin(self.route_pin.decode("latin-1"))
             if pin is None:
@@ -297,6 +318,19 @@ class Exchange:
                 self.replay_bytes = self.pending_bytes
         self.request_head = self._request_head()
         self._send_to(endpoints[0])
+
+    def _sticky(self, view: ServiceView, endpoints: list[Endpoint]) -> list[Endpoint]:
+        """Session affinity: the endpoint named by the client's `devmesh-<service>` cookie goes first."""
+        server = self.client.server
+        name = f"devmesh-{view.name}"
+        self.sticky_cookie = name
+        wanted = _cookie(self.cookie, name)
+        if wanted is None:
+            return endpoints
+        for index, endpoint in enumerate(endpoints):
+            if server.sticky_id(endpoint) == wanted:
+                return [endpoint, *endpoints[:index], *endpoints[index + 1 :]]
+        return endpoints
 
     def _start_from_peer(self) -> None:
         """A request on the mesh port, from a peer agent: checked, then served by a local endpoint of a
@@ -546,6 +580,11 @@ class Exchange:
             self.close_after = True
         elif self.http_minor == 0:
             connection = b"keep-alive"
+        if self.sticky_cookie is not None and self.endpoint is not None:
+            chosen = self.client.server.sticky_id(self.endpoint)
+            if _cookie(self.cookie, self.sticky_cookie) != chosen:
+                cookie = f"{self.sticky_cookie}={chosen}; Path=/; HttpOnly; SameSite=Lax".encode()
+                headers = [*headers, (b"Set-Cookie", cookie)]
         client.write(
             hdr.client_response_head(
                 status,
@@ -600,7 +639,7 @@ class Exchange:
         if self.response_status != 101 or self.client.closed:
             upstream.close()
             return
-        self.client.server.pool.busy.discard(upstream)
+        self.client.server.pool.not_busy(upstream)
         upstream.exchange = None
         upstream.deadline = 0.0
         self.upstream = None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import random
 import re
 import socket
 import ssl
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from devmesh import const
-from devmesh.mesh.snapshot import Endpoint, MeshSnapshot, MeshState, RunState, ServiceView
+from devmesh.mesh.snapshot import Endpoint, MeshSnapshot, MeshState, Origin, RunState, ServiceView
 from devmesh.peers.policy import MeshPolicy
 from devmesh.peers.signing import PEER_HEADER, SERVICE_HEADER, sign
 from devmesh.proxy.client import ClientConnection
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
 # A reg-name or IPv4 address with an optional port, or a bracketed IPv6 literal (RFC 9110 §7.2); empty
 # is allowed (HTTP/1.0 without Host goes to the root host).
 _HOST_HEADER_RE = re.compile(rb"^(?:[A-Za-z0-9._~-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+_TIER = {Origin.LOCAL: 0, Origin.REGISTERED: 0, Origin.PEER: 1, Origin.REMOTE: 2}
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -197,6 +202,14 @@ class ProxyServer:
             endpoints = self._endpoints[view.name] = select_endpoints(view)
         if len(endpoints) < 2:
             return endpoints
+        if view.lb == "least_conn":
+            in_use = self.pool.in_use
+            # sorted() is stable: the usual order (local, peers, remote) breaks ties.
+            return sorted(endpoints, key=lambda e: (_TIER[e.origin], in_use.get((e.host, e.port), 0)))
+        if view.lb == "random":
+            shuffled = list(endpoints)
+            random.shuffle(shuffled)
+            return sorted(shuffled, key=lambda e: _TIER[e.origin])
         return select_endpoints(view, self.next_turn(view.name))
 
     def served_by(self, endpoint: Endpoint) -> bytes:
@@ -253,6 +266,11 @@ class ProxyServer:
             for exchange in late:
                 if not exchange.done:
                     exchange.still_starting(self.start_wait_s)
+
+    def sticky_id(self, endpoint: Endpoint) -> str:
+        """A short, stable name for an endpoint, for the affinity cookie (no address leaks into it)."""
+        key = f"{endpoint.peer_id or ''}|{endpoint.host}|{endpoint.port}".encode()
+        return hashlib.blake2s(key, digest_size=6).hexdigest()
 
     def peer_headers(self, method: bytes, target: bytes, service: str) -> bytes:
         """The header lines that tell a peer's mesh port which service a request is for, and sign it."""

@@ -223,6 +223,7 @@ class UpstreamPool:
         self.idle_timeout_s = idle_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.opened = 0  # connections ever opened: tests and the benchmark read it to see reuse
+        self.in_use: dict[EndpointKey, int] = {}  # requests in flight per endpoint, for least_conn
         self.clock: Callable[[], float] = time.monotonic  # the loop's time, set by the server
         self._tls_context: ssl.SSLContext | None = None
 
@@ -232,7 +233,7 @@ class UpstreamPool:
             connection = idle.pop()
             if not connection.closed:
                 connection.reused = True
-                self.busy.add(connection)
+                self._busy(connection)
                 return connection
         return None
 
@@ -254,12 +255,12 @@ class UpstreamPool:
                 server_hostname=key[0] if tls else None,
             )
         self.opened += 1
-        self.busy.add(connection)
+        self._busy(connection)
         return connection
 
     def release(self, connection: UpstreamConnection) -> None:
         """Back to the pool after a complete response on a keep-alive connection."""
-        self.busy.discard(connection)
+        self.not_busy(connection)
         connection.exchange = None
         connection.deadline = 0.0
         if connection.closed:
@@ -276,10 +277,20 @@ class UpstreamPool:
         idle.append(connection)
 
     def forget(self, connection: UpstreamConnection) -> None:
-        self.busy.discard(connection)
+        self.not_busy(connection)
         idle = self.idle.get(connection.key)
         if idle and connection in idle:
             idle.remove(connection)
+
+    def _busy(self, connection: UpstreamConnection) -> None:
+        if connection not in self.busy:
+            self.busy.add(connection)
+            self.in_use[connection.key] = self.in_use.get(connection.key, 0) + 1
+
+    def not_busy(self, connection: UpstreamConnection) -> None:
+        if connection in self.busy:
+            self.busy.discard(connection)
+            self.in_use[connection.key] -= 1
 
     def sweep(self, now: float) -> None:
         """Close connections idle too long, and time out responses that are late."""
@@ -315,3 +326,4 @@ class UpstreamPool:
                 connection.abort()
         self.idle.clear()
         self.busy.clear()
+        self.in_use.clear()

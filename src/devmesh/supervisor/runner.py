@@ -161,6 +161,8 @@ class ServiceRunner:
             restarts=self.restarts,
             remote=self.spec.remote,
             requires=self.spec.requires,
+            lb=self.spec.lb,
+            sticky=self.spec.sticky,
             detail=detail,
         )
 
