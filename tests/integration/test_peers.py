@@ -249,3 +249,33 @@ def test_local_first_then_pins_by_header_and_by_devmesh_route(tmp_path: Path) ->
         assert alice_peer in table and "api@2.0.0" in table
         overview = devmesh("status", cwd=bob.root).stdout
         assert alice_peer in overview and "alive" in overview and " ms" in overview
+
+
+def test_mutual_tls_on_the_mesh_port(tmp_path: Path) -> None:
+    from devmesh.tls import LocalCA
+
+    team_ca, _ = LocalCA.load_or_create(tmp_path / "team-ca")
+    mesh_port = free_port()
+    alice, bob, eve = project_in(tmp_path, "alice"), project_in(tmp_path, "bob"), project_in(tmp_path, "eve")
+    for member in (alice, bob):
+        cert, key = team_ca.issue(["127.0.0.1"], client=True)
+        (member.root / "agent.crt").write_bytes(cert)
+        (member.root / "agent.key").write_bytes(key)
+        (member.root / "ca.crt").write_bytes(team_ca.cert_path.read_bytes())
+    mtls = '\n[proxy.mesh_tls]\ncert = "agent.crt"\nkey = "agent.key"\nca = "ca.crt"\n'
+    offering_agent(alice, mesh_port=mesh_port)
+    alice.write(
+        alice.root.joinpath("devmesh.toml").read_text().replace("[peers]", mtls.strip() + "\n[peers]")
+    )
+    bob_listen = following_agent(bob, peer_port=mesh_port)
+    bob.write(bob.root.joinpath("devmesh.toml").read_text().replace("[peers]", mtls.strip() + "\n[peers]"))
+    following_agent(eve, peer_port=mesh_port)  # the secret, but no certificate of the team
+    with running_agent(alice) as offering, running_agent(bob) as following, running_agent(eve) as outsider:
+        offering.wait_healthy("api")
+        wait_for(lambda: _healthy(following, "api"), timeout=10, what="alice's api in bob's mesh, over mTLS")
+        status, headers, _ = http(bob_listen, "api.localhost")
+        assert status == 200 and headers["x-devmesh-served-by"].endswith("/api@1.4.2")
+        peer = wait_for(
+            lambda: (p := outsider.status()["peers"][0])["error"] and p, timeout=10, what="eve refused"
+        )
+        assert peer["alive"] is False and _service(outsider, "api") is None

@@ -136,7 +136,10 @@ class Agent:
         self.mesh_proxy: ProxyServer | None = None
         self.peers: PeerFollower | None = None
         self.discovery: MdnsDiscovery | None = None
-        self._pins: dict[str, str] = {}  # `devmesh route`: service -> local | remote | peer=ID
+        self._pins: dict[str, str] = {}
+        self._mesh_tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = (
+            None  # `devmesh route`: service -> local | remote | peer=ID
+        )
         self.paths = StatePaths(loaded.project_dir)
         self._requested = list(services) if services else None
         self._terminal = terminal if terminal is not None else sys.stdout
@@ -210,6 +213,16 @@ class Agent:
         self.listen_address = Address(*proxy_socket.getsockname()[:2])
         if https_socket is not None:
             self.https_address = Address(*https_socket.getsockname()[:2])
+        if config.proxy.mesh_tls is not None:
+            from devmesh.peers.tls import MeshTLSError, mesh_contexts
+
+            try:
+                self._mesh_tls = mesh_contexts(self.loaded.project_dir, config.proxy.mesh_tls)
+            except MeshTLSError as error:
+                for sock in (admin_socket, proxy_socket, https_socket):
+                    if sock is not None:
+                        sock.close()
+                raise AgentError(str(error)) from None
         mesh_socket: socket.socket | None = None
         if self._sharing() or config.peers.static:
             try:
@@ -434,7 +447,12 @@ class Agent:
             # Closest first: the order endpoints are tried in (round robin among the healthy ones).
             nearest = sorted(self.peers.live(), key=lambda state: state.latency_s)
             live = [(s.address, s.catalog) for s in nearest if s.catalog is not None]
-            views = merge_peers(views, live, version_policy=self.loaded.config.mesh.version_policy)
+            views = merge_peers(
+                views,
+                live,
+                version_policy=self.loaded.config.mesh.version_policy,
+                tls=self.loaded.config.proxy.mesh_tls is not None,
+            )
         from dataclasses import replace
 
         from devmesh.routing.table import apply_pin
@@ -559,6 +577,8 @@ class Agent:
                 self.paths.log_dir / "access.log", config.proxy.access_log, kept=config.observe.requests_kept
             ),
         )
+        if self._mesh_tls is not None:
+            self.proxy.pool.peer_tls = self._mesh_tls[1]  # requests to peers show this agent's certificate
         await self.proxy.start(sock)
         if https_socket is not None:
             await self.proxy.start(https_socket, tls=tls)
@@ -627,7 +647,7 @@ class Agent:
             self.mesh_proxy = ProxyServer(
                 self.state, timeout_s=config.proxy.timeout, retries=config.proxy.retries, mesh=policy
             )
-            await self.mesh_proxy.start(sock)
+            await self.mesh_proxy.start(sock, tls=self._mesh_tls[0] if self._mesh_tls else None)
             offered = [name for name in config.services if self.offers(name)]
             logs.agent(
                 f"mesh port on {self.mesh_address} as peer {self.peer_id}"
@@ -643,6 +663,7 @@ class Agent:
             mesh_hash=digest,
             on_change=self._schedule_publish,
             log=logs.agent,
+            tls=self._mesh_tls[1] if self._mesh_tls else None,
         )
         self.peers.start()
         if self._mdns():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,13 +41,20 @@ class PeerState:
 
 
 async def fetch_catalog(
-    address: Address, *, key: bytes | None, peer_id: str, timeout_s: float = const.PEER_FETCH_TIMEOUT_S
+    address: Address,
+    *,
+    key: bytes | None,
+    peer_id: str,
+    timeout_s: float = const.PEER_FETCH_TIMEOUT_S,
+    tls: ssl.SSLContext | None = None,
 ) -> Catalog:
     headers = sign(key, "GET", CATALOG_PATH, peer_id) if key is not None else {PEER_HEADER: peer_id}
     lines = [f"GET {CATALOG_PATH} HTTP/1.1", f"Host: {address}", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     async with asyncio.timeout(timeout_s):
-        reader, writer = await asyncio.open_connection(address.host, address.port)
+        reader, writer = await asyncio.open_connection(
+            address.host, address.port, ssl=tls, server_hostname=address.host if tls else None
+        )
         try:
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
             data = await reader.read()
@@ -88,8 +96,10 @@ class PeerFollower:
         mesh_hash: str,
         on_change: Callable[[], None],
         log: Callable[[str], None],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.peers = [PeerState(address) for address in addresses]
+        self._tls = tls
         self._key = key
         self._peer_id = peer_id
         self._mesh_hash = mesh_hash
@@ -136,7 +146,9 @@ class PeerFollower:
         while True:
             started = time.monotonic()
             try:
-                catalog = await fetch_catalog(state.address, key=self._key, peer_id=self._peer_id)
+                catalog = await fetch_catalog(
+                    state.address, key=self._key, peer_id=self._peer_id, tls=self._tls
+                )
             except ConnectionRefusedError:
                 # Nothing listens on its mesh port: the agent stopped (or was killed, and the kernel
                 # closed its socket). Unlike silence, that is certain: it leaves at once.

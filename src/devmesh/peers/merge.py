@@ -21,6 +21,7 @@ def merge_peers(
     peers: list[tuple[Address, Catalog]],
     *,
     version_policy: str = "reject",
+    tls: bool = False,
 ) -> dict[str, ServiceView]:
     """`peers` closest first (by measured latency): their endpoints keep that order."""
     merged = dict(local)
@@ -36,6 +37,7 @@ def merge_peers(
                     healthy=service.healthy,
                     version=service.version,
                     peer_id=catalog.peer,
+                    tls=tls,
                 )
             )
     for name, endpoints in offered.items():

@@ -433,7 +433,9 @@ class Exchange:
     async def _connect(self, endpoint: Endpoint) -> None:
         pool = self.client.server.pool
         try:
-            upstream = await pool.connect((endpoint.host, endpoint.port), tls=endpoint.tls)
+            upstream = await pool.connect(
+                (endpoint.host, endpoint.port), tls=endpoint.tls, peer=endpoint.origin is Origin.PEER
+            )
         except (OSError, TimeoutError) as error:
             self.connecting = False
             if self.done:

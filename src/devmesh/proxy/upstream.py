@@ -226,6 +226,7 @@ class UpstreamPool:
         self.in_use: dict[EndpointKey, int] = {}  # requests in flight per endpoint, for least_conn
         self.clock: Callable[[], float] = time.monotonic  # the loop's time, set by the server
         self._tls_context: ssl.SSLContext | None = None
+        self.peer_tls: ssl.SSLContext | None = None  # [proxy] mesh_tls: this agent's client certificate
 
     def acquire(self, key: EndpointKey) -> UpstreamConnection | None:
         idle = self.idle.get(key)
@@ -237,10 +238,12 @@ class UpstreamPool:
                 return connection
         return None
 
-    async def connect(self, key: EndpointKey, *, tls: bool = False) -> UpstreamConnection:
+    async def connect(self, key: EndpointKey, *, tls: bool = False, peer: bool = False) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         context: ssl.SSLContext | None = None
-        if tls:
+        if tls and peer and self.peer_tls is not None:
+            context = self.peer_tls  # mutual TLS with the team's CA
+        elif tls:
             if self._tls_context is None:
                 # The system's trust store (SSL_CERT_FILE and friends apply): a remote is a real site.
                 self._tls_context = ssl.create_default_context()

@@ -160,17 +160,19 @@ class LocalCA:
 
     # -- issuing -----------------------------------------------------------------------------------------
 
-    def issue(self, names: Sequence[str]) -> tuple[bytes, bytes]:
+    def issue(self, names: Sequence[str], *, client: bool = False) -> tuple[bytes, bytes]:
         """A server certificate for `names` (DNS names, `*.x.y` wildcards, IP addresses), signed by this CA.
 
         Returns (certificate chain PEM: the leaf then the CA certificate, private key PEM). The leaf has
         an EC P-256 key, the names as subject alternative names, the serverAuth usage and a validity of
         397 days. ValueError when a name is neither a DNS name nor an IP address.
         """
-        certificate_pem, key_pem, _ = self.issue_leaf(names)
+        certificate_pem, key_pem, _ = self.issue_leaf(names, client=client)
         return certificate_pem + self.certificate_pem, key_pem
 
-    def issue_leaf(self, names: Sequence[str]) -> tuple[bytes, bytes, datetime.datetime]:
+    def issue_leaf(
+        self, names: Sequence[str], *, client: bool = False
+    ) -> tuple[bytes, bytes, datetime.datetime]:
         """Like `issue`, but the leaf alone (no CA certificate) and its expiry time."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
@@ -230,7 +232,13 @@ class LocalCA:
                 ),
                 critical=True,
             )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                # client: also a TLS client certificate (an agent's identity on the mesh port, mTLS).
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])]
+                ),
+                critical=False,
+            )
             # RFC 5280: with an empty subject the names extension must be critical.
             .add_extension(x509.SubjectAlternativeName(alternative_names), critical=not subject)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
