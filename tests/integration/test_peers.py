@@ -279,3 +279,38 @@ def test_mutual_tls_on_the_mesh_port(tmp_path: Path) -> None:
             lambda: (p := outsider.status()["peers"][0])["error"] and p, timeout=10, what="eve refused"
         )
         assert peer["alive"] is False and _service(outsider, "api") is None
+
+
+def test_only_shared_services_are_offered_and_a_mesh_shared_without_a_secret_is_warned_about(
+    tmp_path: Path,
+) -> None:
+    from devmesh.peers.catalog import Catalog
+
+    mesh_port = free_port()
+    alice = project_in(tmp_path, "alice")
+    alice.write(
+        f"""
+[mesh]
+name = "open-{tmp_path.name}"
+share = true
+[proxy]
+admin = "127.0.0.1:0"
+listen = "127.0.0.1:0"
+mesh = "127.0.0.1:{mesh_port}"
+[peers]
+discovery = "off"
+[services.api]
+command = "{TINY_COMMAND}"
+[services.secret-admin]
+command = "{TINY_COMMAND}"
+share = false
+"""
+    )
+    with running_agent(alice) as offering:
+        offering.wait_healthy()
+        assert "shared without a secret" in offering.log()
+        status, _, body = http(mesh_port, "x", CATALOG_PATH, {"X-DevMesh-Peer": "anyone"})
+        assert status == 200
+        assert [s.name for s in Catalog.from_json(body).services] == ["api"]
+        refused, _, _ = http(mesh_port, "x", "/", {"X-DevMesh-Service": "secret-admin"})
+        assert refused == 404
