@@ -45,6 +45,57 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def free_port() -> int:
+    """A port nothing listens on right now (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(
+    port: int,
+    host: str,
+    target: str = "/",
+    headers: dict[str, str] | None = None,
+    *,
+    method: str = "GET",
+    body: bytes = b"",
+    timeout: float = 30,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request to 127.0.0.1:`port` over a plain socket, as `Host: host`; (status, headers, body).
+
+    Bodies come back as sent on the wire: a chunked one is decoded.
+    """
+    import socket
+
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head.encode() + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head_bytes, _, payload = data.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    parsed = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    if parsed.get("transfer-encoding") == "chunked":
+        payload = _dechunk(payload)
+    return int(lines[0].split()[1]), parsed, payload
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out, data = out + data[:size], data[size + 2 :]
+    return out
+
+
 def devmesh(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from support import Project, running_agent
+from support import Project, free_port, http, running_agent
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "vite_app"
 
@@ -40,33 +40,9 @@ def vite_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def get(port: int, host: str, target: str) -> tuple[int, str]:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    if b"transfer-encoding: chunked" in head.lower():
-        body = _dechunk(body)
-    return int(head.split()[1]), body.decode()
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while data:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out, data = out + data[:size], data[size + 2 :]
-    return out
+    status, _headers, body = http(port, host, target)
+    return status, body.decode()
 
 
 async def hmr_messages(port: int, host: str, token: str, edit: Path) -> list[dict[str, object]]:

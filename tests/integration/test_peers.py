@@ -5,34 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 from pathlib import Path
 
 from devmesh.peers.catalog import CATALOG_PATH
 from devmesh.peers.signing import mesh_key, sign
-from support import TINY_COMMAND, Project, running_agent, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http(
-    port: int, host: str, target: str = "/", headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parsed = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), parsed, body
+from support import TINY_COMMAND, Project, free_port, http, running_agent, wait_for
 
 
 def project_in(root: Path, name: str) -> Project:

@@ -12,32 +12,10 @@ from pathlib import Path
 
 import psutil
 
-from support import Project, running_agent
+from support import Project, free_port, http, running_agent
 
 BULK = Path(__file__).parent.parent / "fixtures" / "bulk_service.py"
 GIB = 1024 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http(
-    port: int, host: str, target: str = "/", *, method: str = "GET", body: bytes = b""
-) -> tuple[int, dict[str, str], bytes]:
-    """One request over a plain socket; (status, headers, body)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
-        sock.sendall(head.encode() + body)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head_bytes, _, payload = data.partition(b"\r\n\r\n")
-    lines = head_bytes.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, payload
 
 
 def bulk_project(project: Project, **proxy: str) -> int:

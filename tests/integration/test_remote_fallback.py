@@ -4,7 +4,6 @@ own name as Host, over verified TLS."""
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from devmesh.tls import LocalCA
-from support import TINY_COMMAND, Project, running_agent, wait_for
+from support import TINY_COMMAND, Project, free_port, http, running_agent, wait_for
 
 
 class Remote(BaseHTTPRequestHandler):
@@ -51,27 +50,6 @@ def remote(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         server.server_close()
 
 
-def get(port: int, host: str) -> tuple[int, dict[str, str], bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        sock.sendall(f"GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    return (
-        int(lines[0].split()[1]),
-        {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])},
-        body,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_remote_answers_when_the_local_service_is_down(project: Project, remote: tuple[int, Path]) -> None:
     remote_port, remote_ca = remote
     listen = free_port()
@@ -92,10 +70,10 @@ remote = "https://127.0.0.1:{remote_port}"
     # The remote is verified against the system's trust store; here that is the test's own CA.
     with running_agent(project, env={"SSL_CERT_FILE": str(remote_ca)}) as agent:
         agent.wait_healthy("api")
-        status, headers, _ = get(listen, "api.localhost")
+        status, headers, _ = http(listen, "api.localhost", "/x")
         assert status == 200 and headers["x-devmesh-served-by"] == "local/api", "local first"
 
-        status, headers, body = get(listen, "reports.localhost")  # declared with only a remote
+        status, headers, body = http(listen, "reports.localhost", "/x")  # declared with only a remote
         answer = json.loads(body)
         assert status == 200 and headers["x-devmesh-served-by"] == "remote/reports"
         assert answer["host"] == f"127.0.0.1:{remote_port}", "the remote gets its own name as Host"
@@ -103,7 +81,7 @@ remote = "https://127.0.0.1:{remote_port}"
 
         agent.client.post("/api/v1/services/api/stop")
         wait_for(
-            lambda: get(listen, "api.localhost")[1].get("x-devmesh-served-by") == "remote/api",
+            lambda: http(listen, "api.localhost", "/x")[1].get("x-devmesh-served-by") == "remote/api",
             timeout=10,
             what="the fallback",
         )
@@ -126,6 +104,6 @@ remote = "https://127.0.0.1:{remote_port}"
 """
     )
     with running_agent(project):
-        status, _, body = get(listen, "reports.localhost")
+        status, _, body = http(listen, "reports.localhost", "/x")
         assert status == 502
         assert "certificate" in json.loads(body)["tried"][0].lower()

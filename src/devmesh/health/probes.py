@@ -16,7 +16,10 @@ Probe = Callable[[], Awaitable[str | None]]
 
 async def probe_tcp(host: str, port: int, timeout_s: float) -> str | None:
     try:
-        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that lands as
+        # the inner call completes, and a monitor that cannot be cancelled stalls its service's runner.
+        async with asyncio.timeout(timeout_s):
+            _reader, writer = await asyncio.open_connection(host, port)
     except TimeoutError:
         return f"no answer on port {port} within {timeout_s:g}s"
     except OSError as error:
@@ -30,7 +33,8 @@ async def probe_tcp(host: str, port: int, timeout_s: float) -> str | None:
 async def probe_http(host: str, port: int, path: str, timeout_s: float) -> str | None:
     """GET `path`; healthy on a 2xx or 3xx status."""
     try:
-        return await asyncio.wait_for(_http_get_status(host, port, path), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await _http_get_status(host, port, path)
     except TimeoutError:
         return f"GET {path} did not answer within {timeout_s:g}s"
     except OSError as error:
@@ -73,7 +77,8 @@ async def probe_cmd(command: str, *, env: Mapping[str, str], cwd: Path, timeout_
         start_new_session=True,
     )
     try:
-        _out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            _out, err = await process.communicate()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 9)

@@ -213,7 +213,8 @@ async def stop_group(spawned: Spawned, *, grace_s: float) -> int | None:
 async def _wait_leader(spawned: Spawned, deadline: float) -> int | None:
     timeout = max(0.0, deadline - asyncio.get_running_loop().time())
     try:
-        return await asyncio.wait_for(asyncio.shield(spawned.process.wait()), timeout)
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(spawned.process.wait())
     except TimeoutError:
         return None
 

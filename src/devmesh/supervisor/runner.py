@@ -298,7 +298,8 @@ class ServiceRunner:
         """Wait out the backoff; False when a stop arrived meanwhile."""
         delay = backoff_delay_s(failures)
         try:
-            await asyncio.wait_for(self._stop_event.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._stop_event.wait()
         except TimeoutError:
             return True
         if self.state != RunState.CRASHED:
@@ -413,8 +414,11 @@ class ServiceRunner:
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is None or task.done():
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    """Cancel `task` and wait for it to end, cancelling again if a cancellation got lost."""
+    while task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait({task}, timeout=1.0)
+    if task is not None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            task.result()
