@@ -217,7 +217,8 @@ def running_agent(
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(30)
+                # Well inside pytest's 60 s per test: a kill here must still happen if a stop hangs.
+                process.wait(15)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

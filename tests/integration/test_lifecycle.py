@@ -81,7 +81,7 @@ def test_crashed_service_is_restarted_with_growing_backoff(project: Project) -> 
     with running_agent(project) as agent:
         try:
             wait_for(
-                lambda: len(project.events()) >= 4, timeout=30, what="four starts of the crashing service"
+                lambda: len(project.events()) >= 4, timeout=20, what="four starts of the crashing service"
             )
         except AssertionError as error:
             raise AssertionError(f"{error}\nservice: {agent.service('flaky')}\nlog:\n{agent.log()}") from None

@@ -156,6 +156,7 @@ def test_requires_filters_peer_versions_under_both_policies(tmp_path: Path) -> N
             .replace('name = "team"', 'name = "team"\nversion_policy = "warn"')
         )
         wait_for(lambda: http(bob_listen, "api.localhost")[0] == 200, timeout=10, what="the warn policy")
+        assert "take effect after" not in following.log(), "version_policy applies live: no restart asked"
 
 
 def _service(agent, name: str):  # type: ignore[no-untyped-def]

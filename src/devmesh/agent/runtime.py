@@ -405,7 +405,13 @@ class Agent:
         self.config_error = None
         previous = self.loaded.config
         self.loaded = loaded
-        if loaded.config.proxy != previous.proxy or loaded.config.mesh != previous.mesh:
+        live_mesh = {"version_policy"}  # read on every snapshot: applies at once
+        mesh_changed = {
+            key
+            for key in type(previous.mesh).model_fields
+            if getattr(previous.mesh, key) != getattr(loaded.config.mesh, key)
+        }
+        if loaded.config.proxy != previous.proxy or mesh_changed - live_mesh:
             logs.agent("[mesh] and [proxy] changes take effect after `devmesh down` and `devmesh up`")
         summary = await self.supervisor.apply(loaded.config)
         logs.agent(f"config reloaded: {summary}")

@@ -338,7 +338,12 @@ class Exchange:
         server = self.client.server
         mesh = server.mesh
         assert mesh is not None
-        headers = {name.lower().decode("latin-1"): value.decode("latin-1") for name, value in self.headers}
+        # Only devmesh's own headers matter here (signature, service): the rest passes through untouched.
+        headers = {
+            name.lower().decode("latin-1"): value.decode("latin-1")
+            for name, value in self.headers
+            if name[:10].lower() == b"x-devmesh-"
+        }
         target = self.target.decode("latin-1")
         if not self.peer_checked:  # routed again after a wait: its nonce is spent, it was checked
             verdict = mesh.check(self.method.decode(), target, headers)
