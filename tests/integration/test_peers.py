@@ -135,6 +135,7 @@ def test_wrong_secret_is_refused_and_the_other_mesh_sees_nothing(tmp_path: Path)
         good = sign(mesh_key("team", "s3cret"), "GET", CATALOG_PATH, "tester")
         assert http(mesh_port, "x", CATALOG_PATH, good)[0] == 200
         assert http(mesh_port, "x", CATALOG_PATH, good)[0] == 401, "a replayed request must be refused"
+        assert offering.status()["agent"]["mesh_refused"] >= 4, "refusals are counted"
 
 
 def test_requires_filters_peer_versions_under_both_policies(tmp_path: Path) -> None:

@@ -57,6 +57,11 @@ def test_status_shows_proxy_urls_and_the_service_answers_by_name(project: Projec
         ):
             time.sleep(0.05)
         lines = [json.loads(line) for line in access.read_text().splitlines()]
+        recent = agent.client.get("/api/v1/requests")
+        assert [(r["host"], r["status"]) for r in recent[-2:]] == [
+            ("bulk.localhost", 200),
+            ("nothing.localhost", 404),
+        ]
         assert {
             "method": "GET",
             "host": "bulk.localhost",

@@ -48,6 +48,8 @@ class AgentControl(Protocol):
 
     def unpin(self, name: str) -> None: ...
 
+    def recent_requests(self) -> list[dict[str, object]]: ...
+
 
 def _host_is_loopback(host_header: str) -> bool:
     host = host_header.strip().lower()
@@ -151,6 +153,11 @@ def create_admin_app(agent: AgentControl) -> FastAPI:
     @app.get("/api/v1/peers")
     async def peers() -> list[dict[str, object]]:
         return agent.status().peers
+
+    @app.get("/api/v1/requests")
+    async def requests() -> list[dict[str, object]]:
+        """The most recent proxied requests, newest last ([observe] requests_kept of them)."""
+        return agent.recent_requests()
 
     @app.get("/api/v1/routes")
     async def routes() -> dict[str, str]:

@@ -28,6 +28,8 @@ class AgentInfo(BaseModel):
     admin: str
     listen: str | None
     https: str | None = None
+    mesh: str | None = None  # the mesh port, when this agent shares or follows peers
+    mesh_refused: int = 0  # peer requests refused on the mesh port (bad, missing or replayed signatures)
     config_error: str | None = None
     revision: int
 
@@ -55,7 +57,7 @@ class Registration(BaseModel):
 class RoutePin(BaseModel):
     """`{"pin": "local" | "remote" | "peer=ID"}`: where requests for a service go, whatever else is up."""
 
-    pin: str = Field(pattern=r"^(local|remote|peer[=:].+)$")
+    pin: str  # checked by the agent (routing.table.parse_pin), which says what a pin may be
 
 
 class ActionResult(BaseModel):

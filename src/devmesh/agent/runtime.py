@@ -196,42 +196,35 @@ class Agent:
         self.admin_address = Address(host, port)
         proxy_socket: socket.socket | None = None
         https_socket: socket.socket | None = None
+        mesh_socket: socket.socket | None = None
         tls: ssl.SSLContext | None = None
         tls_note: str | None = None
+        # Every port and certificate before any service starts: a busy port or a bad file fails `up`
+        # with nothing half-started. Served once the first services are on their way; until then the
+        # kernel queues connections, losing none.
         try:
             proxy_socket = bind_tcp(config.proxy.listen, purpose="proxy", key="[proxy] listen")
             if config.proxy.https is not None:
                 https_socket = bind_tcp(config.proxy.https, purpose="HTTPS proxy", key="[proxy] https")
                 tls, tls_note = await asyncio.to_thread(self._tls_context)
+            if config.proxy.mesh_tls is not None:
+                from devmesh.peers.tls import MeshTLSError, mesh_contexts
+
+                try:
+                    self._mesh_tls = mesh_contexts(self.loaded.project_dir, config.proxy.mesh_tls)
+                except MeshTLSError as error:
+                    raise AgentError(str(error)) from None
+            if self._sharing() or config.peers.static:
+                mesh_socket = bind_tcp(config.proxy.mesh, purpose="mesh port", key="[proxy] mesh")
         except AgentError:
-            for sock in (admin_socket, proxy_socket, https_socket):
+            for sock in (admin_socket, proxy_socket, https_socket, mesh_socket):
                 if sock is not None:
                     sock.close()
             raise
-        # Bound and listening now (a busy port fails `up` before any service starts); served once the
-        # first services are on their way: until then the kernel queues connections, losing none.
         self.listen_address = Address(*proxy_socket.getsockname()[:2])
         if https_socket is not None:
             self.https_address = Address(*https_socket.getsockname()[:2])
-        if config.proxy.mesh_tls is not None:
-            from devmesh.peers.tls import MeshTLSError, mesh_contexts
-
-            try:
-                self._mesh_tls = mesh_contexts(self.loaded.project_dir, config.proxy.mesh_tls)
-            except MeshTLSError as error:
-                for sock in (admin_socket, proxy_socket, https_socket):
-                    if sock is not None:
-                        sock.close()
-                raise AgentError(str(error)) from None
-        mesh_socket: socket.socket | None = None
-        if self._sharing() or config.peers.static:
-            try:
-                mesh_socket = bind_tcp(config.proxy.mesh, purpose="mesh port", key="[proxy] mesh")
-            except AgentError:
-                for sock in (admin_socket, proxy_socket, https_socket):
-                    if sock is not None:
-                        sock.close()
-                raise
+        if mesh_socket is not None:
             self.mesh_address = Address(*mesh_socket.getsockname()[:2])
         if tls_note is not None:
             logs.agent(tls_note)
@@ -476,6 +469,10 @@ class Agent:
                 views[name] = replace(pinned, endpoints=kept, detail=detail)
         return views
 
+    def recent_requests(self) -> list[dict[str, object]]:
+        log = self.proxy.access_log if self.proxy is not None else None
+        return [record._asdict() for record in log.recent] if log is not None else []
+
     # -- pins (`devmesh route`) -----------------------------------------------------------------------
 
     @property
@@ -511,6 +508,8 @@ class Agent:
                 admin=str(self.admin_address),
                 listen=str(self.listen_address) if self.listen_address else None,
                 https=str(self.https_address) if self.https_address else None,
+                mesh=str(self.mesh_address) if self.mesh_address else None,
+                mesh_refused=self.mesh_proxy.mesh.refused if self.mesh_proxy and self.mesh_proxy.mesh else 0,
                 config_error=self.config_error,
                 revision=self.state.snapshot.revision,
             ),

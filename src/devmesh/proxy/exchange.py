@@ -16,7 +16,7 @@ from devmesh.peers.signing import SERVICE_HEADER, SIGNED_HEADERS
 from devmesh.proxy import headers as hdr
 from devmesh.proxy.observe import RequestRecord
 from devmesh.proxy.pages import ErrorPage, response_bytes
-from devmesh.routing.table import LOCAL_ORIGINS, apply_pin, describe_unavailable, parse_pin, select_endpoints
+from devmesh.routing.table import LOCAL_ORIGINS, apply_pin, describe_unavailable, parse_pin
 
 if TYPE_CHECKING:
     from devmesh.proxy.client import ClientConnection
@@ -47,25 +47,21 @@ class Exchange:
     __slots__ = (
         "accept",
         "attempt",
-        "body_bytes",
         "body_complete",
         "candidates",
         "chunked",
         "client",
         "close_after",
-        "connecting",
         "connection_header",
         "content_length",
         "cookie",
         "done",
         "endpoint",
-        "expect_continue",
         "headers",
         "headers_done",
         "host",
         "host_raw",
         "http_minor",
-        "interim_sent",
         "keep_alive",
         "method",
         "peer_checked",
@@ -117,13 +113,11 @@ class Exchange:
         self.chunked = False
         self.unsupported_coding: bytes | None = None
         self.content_length: bytes | None = None
-        self.expect_continue = False
         self.upgrade: bytes | None = None
         self.connection_header: bytes | None = None
         self.cookie: bytes | None = None
         self.sticky_cookie: str | None = None  # the cookie that keeps this client on one endpoint
         self.body_complete = False
-        self.body_bytes = 0
         # Request bytes (head, then body frames) not yet written to an upstream connection.
         self.pending: list[bytes] = []
         self.pending_bytes = 0
@@ -137,9 +131,7 @@ class Exchange:
         self.retries_left = 0
         self.endpoint: Endpoint | None = None
         self.upstream: UpstreamConnection | None = None
-        self.connecting = False
         self.tried: list[str] = []
-        self.interim_sent = False
         self.response_head_done = False
         self.response_started = False
         self.response_status = 0
@@ -176,8 +168,6 @@ class Exchange:
                 self.content_length = value
             elif lowered == b"traceparent":
                 self.traceparent = value
-            elif lowered == b"expect":
-                self.expect_continue = value.lower() == b"100-continue"
             elif lowered == b"upgrade":
                 self.upgrade = value
             elif lowered == b"connection":
@@ -188,7 +178,6 @@ class Exchange:
                 self.cookie = value if self.cookie is None else self.cookie + b"; " + value
 
     def on_request_body(self, body: bytes) -> None:
-        self.body_bytes += len(body)
         if self.done:
             return
         frame = b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body
@@ -285,7 +274,7 @@ class Exchange:
                     ErrorPage(400, "Bad Request", "X-DevMesh-Route must be local, remote or peer=ID.")
                 )
                 return
-            endpoints = apply_pin(select_endpoints(view), pin)
+            endpoints = apply_pin(endpoints, pin)
             if not endpoints:
                 where = ", ".join(sorted({e.peer_id or e.origin.value for e in view.endpoints})) or "nowhere"
                 self.respond_error(
@@ -367,15 +356,25 @@ class Exchange:
         self._forward(view, [e for e in server.endpoints_for(view) if e.origin in LOCAL_ORIGINS])
 
     def still_starting(self, waited_s: float) -> None:
+        self._service_page(
+            503,
+            "Service unavailable",
+            f"is still starting after {waited_s:g} s.",
+            "see `devmesh logs {name}`; `devmesh status` shows its state and health",
+        )
+
+    def _service_page(self, status: int, title: str, message: str, hint: str) -> None:
+        """An error page about this request's service: its name leads the message and fills the hint."""
         view = self.view
         name = view.name if view is not None else "the service"
         self.respond_error(
             ErrorPage(
-                503,
-                "Service unavailable",
-                f"{name} is still starting after {waited_s:g} s.",
-                hint=f"see `devmesh logs {name}`; `devmesh status` shows its state and health",
+                status,
+                title,
+                f"{name} {message}",
+                hint=hint.format(name=name),
                 service=view.name if view is not None else None,
+                tried=self.tried,
             )
         )
 
@@ -432,7 +431,6 @@ class Exchange:
         if upstream is not None:
             self._attach(upstream)
         else:
-            self.connecting = True
             self.client.server.spawn(self._connect(endpoint))
 
     async def _connect(self, endpoint: Endpoint) -> None:
@@ -442,7 +440,6 @@ class Exchange:
                 (endpoint.host, endpoint.port), tls=endpoint.tls, peer=endpoint.origin is Origin.PEER
             )
         except (OSError, TimeoutError) as error:
-            self.connecting = False
             if self.done:
                 return
             reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
@@ -450,7 +447,6 @@ class Exchange:
                 f"{endpoint.origin.value} {endpoint.authority}: cannot connect ({reason.lower()})", sent=False
             )
             return
-        self.connecting = False
         if self.done:
             pool.release(upstream)
             return
@@ -500,17 +496,11 @@ class Exchange:
             # The service went down for a restart between routing and connecting: wait for it.
             server.wait_for_start(self, service)
             return
-        view = self.view
-        name = view.name if view is not None else "the service"
-        self.respond_error(
-            ErrorPage(
-                502,
-                "Bad gateway",
-                f"{name} did not answer.",
-                hint=f"see `devmesh logs {name}`; `devmesh status` shows its state",
-                service=view.name if view is not None else None,
-                tried=self.tried,
-            )
+        self._service_page(
+            502,
+            "Bad gateway",
+            "did not answer.",
+            "see `devmesh logs {name}`; `devmesh status` shows its state",
         )
 
     def _can_retry(self, *, sent: bool) -> bool:
@@ -532,7 +522,6 @@ class Exchange:
             # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they come.
             if self.http_minor == 1 and not self.response_started:
                 client.write(hdr.interim_head(status, reason, headers))
-                self.interim_sent = True
             return
         upstream.deadline = 0.0
         if status in RETRY_STATUSES and self._can_retry(sent=True):
@@ -631,11 +620,7 @@ class Exchange:
             self.upstream = None
             upstream.exchange = None
             upstream.close()
-            self._failed(
-                f"{self.endpoint.origin.value if self.endpoint else ''} "
-                f"{self.endpoint.authority if self.endpoint else ''}: answered {status}".strip(),
-                sent=True,
-            )
+            self._failed(f"{self._where()}: answered {status}", sent=True)
         elif action == "head-done" and not self.done:
             reusable = upstream.parser.should_keep_alive() and self.body_complete
             upstream.reset_parser()
@@ -658,13 +643,9 @@ class Exchange:
         self.upstream = None
         upstream.exchange = None
         if self.response_started:
-            self.client.abort_response()
-            self._log()
-            self.done = True
+            self._abort()
             return
-        self._failed(
-            f"{self.endpoint.authority if self.endpoint else '?'}: invalid response ({reason})", sent=True
-        )
+        self._failed(f"{self._where()}: invalid response ({reason})", sent=True)
 
     def on_upstream_lost(self, upstream: UpstreamConnection, exc: Exception | None) -> None:
         self.upstream = None
@@ -677,10 +658,7 @@ class Exchange:
                     self.client.write(hdr.trailer_block(self.response_trailers))
                 self._finish(None, reusable=False)
             else:
-                # Reset mid-body: the client must not take a truncated body for a whole one.
-                self.client.abort_response()
-                self._log()
-                self.done = True
+                self._abort()  # reset mid-body: the client must not take a truncated body for a whole one
             return
         if upstream.reused and self._can_resend(sent=True):
             # A pooled connection the service had just closed: not the service's fault, try afresh.
@@ -689,8 +667,7 @@ class Exchange:
                 self.attempt -= 1
                 self._send_to(endpoint)
                 return
-        reason = "connection closed before a response"
-        self._failed(f"{self.endpoint.authority if self.endpoint else '?'}: {reason}", sent=True)
+        self._failed(f"{self._where()}: connection closed before a response", sent=True)
 
     def on_endpoint_gone(self) -> None:
         """Its endpoint left the route table mid-request (the connection is already dropped): route
@@ -699,41 +676,39 @@ class Exchange:
         if self.done:
             return
         if self.response_started:
-            self.client.abort_response()
-            self._log()
-            self.done = True
+            self._abort()
             return
         if self._can_resend(sent=True):
             self.client.server.loop.call_soon(self.start)
             return
-        self._failed(f"{self.endpoint.authority if self.endpoint else '?'}: left the mesh", sent=True)
+        self._failed(f"{self._where()}: left the mesh", sent=True)
 
     def on_upstream_timeout(self, upstream: UpstreamConnection) -> None:
         upstream.abort()
         self.upstream = None
         if self.response_started:
-            self.client.abort_response()
-            self._log()
-            self.done = True
+            self._abort()
             return
-        name = self.view.name if self.view is not None else "the service"
         timeout = self.client.server.timeout_s
-        self.client.server.stats.upstream_error(name)
-        self.respond_error(
-            ErrorPage(
-                504,
-                "Gateway timeout",
-                f"{name} did not answer within {timeout:g} s.",
-                hint="raise [proxy] timeout in devmesh.toml if it is expected to be this slow",
-                service=self.view.name if self.view is not None else None,
-                tried=[
-                    *self.tried,
-                    f"{self.endpoint.authority if self.endpoint else '?'}: no response in {timeout:g} s",
-                ],
-            )
+        self.client.server.stats.upstream_error(self.view.name if self.view is not None else "-")
+        self.tried.append(f"{self._where()}: no response in {timeout:g} s")
+        self._service_page(
+            504,
+            "Gateway timeout",
+            f"did not answer within {timeout:g} s.",
+            "raise [proxy] timeout in devmesh.toml if it is expected to be this slow",
         )
 
     # -- ending -------------------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return self.endpoint.authority if self.endpoint is not None else "?"
+
+    def _abort(self) -> None:
+        """End a response already under way that cannot complete: the client sees the connection close."""
+        self.client.abort_response()
+        self._log()
+        self.done = True
 
     def respond_raw(self, status: int, content_type: bytes, body: bytes) -> None:
         """Answer with the proxy's own content (the mesh catalog)."""
@@ -751,8 +726,7 @@ class Exchange:
     def respond_error(self, page: ErrorPage) -> None:
         """Answer with the proxy's own page (the request was not, or could not be, forwarded)."""
         if self.response_started:
-            self.client.abort_response()
-            self.done = True
+            self._abort()
             return
         if self.upstream is not None:
             self.upstream.abort()

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from devmesh import const
-from devmesh.mesh.snapshot import Endpoint, MeshSnapshot, MeshState, Origin, RunState, ServiceView
+from devmesh.mesh.snapshot import Endpoint, MeshSnapshot, MeshState, RunState, ServiceView
 from devmesh.peers.policy import MeshPolicy
 from devmesh.peers.signing import PEER_HEADER, SERVICE_HEADER, sign
 from devmesh.proxy.client import ClientConnection
 from devmesh.proxy.observe import AccessLog, RequestStats
 from devmesh.proxy.upstream import UpstreamPool
-from devmesh.routing.table import RouteTable, normalize_host, select_endpoints
+from devmesh.routing.table import TIER, RouteTable, normalize_host, select_endpoints
 
 if TYPE_CHECKING:
     from devmesh.proxy.exchange import Exchange
@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 # A reg-name or IPv4 address with an optional port, or a bracketed IPv6 literal (RFC 9110 §7.2); empty
 # is allowed (HTTP/1.0 without Host goes to the root host).
 _HOST_HEADER_RE = re.compile(rb"^(?:[A-Za-z0-9._~-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
-
-
-_TIER = {Origin.LOCAL: 0, Origin.REGISTERED: 0, Origin.PEER: 1, Origin.REMOTE: 2}
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -205,11 +202,11 @@ class ProxyServer:
         if view.lb == "least_conn":
             in_use = self.pool.in_use
             # sorted() is stable: the usual order (local, peers, remote) breaks ties.
-            return sorted(endpoints, key=lambda e: (_TIER[e.origin], in_use.get((e.host, e.port), 0)))
+            return sorted(endpoints, key=lambda e: (TIER[e.origin], in_use.get((e.host, e.port), 0)))
         if view.lb == "random":
             shuffled = list(endpoints)
             random.shuffle(shuffled)
-            return sorted(shuffled, key=lambda e: _TIER[e.origin])
+            return sorted(shuffled, key=lambda e: TIER[e.origin])
         return select_endpoints(view, self.next_turn(view.name))
 
     def served_by(self, endpoint: Endpoint) -> bytes:

@@ -6,13 +6,14 @@ A `RouteTable` is built once per snapshot (the proxy caches it by revision) and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from devmesh.mesh.snapshot import Endpoint, MeshSnapshot, Origin, ServiceView
 
 # Endpoints of these origins are "here": tried before any peer or remote.
 LOCAL_ORIGINS = (Origin.LOCAL, Origin.REGISTERED)
+# The order endpoints are tried in, by origin: this machine, then peers, then the remote fallback.
+TIER = {Origin.LOCAL: 0, Origin.REGISTERED: 0, Origin.PEER: 1, Origin.REMOTE: 2}
 
 
 def normalize_host(host: str) -> str:
@@ -170,7 +171,3 @@ def describe_unavailable(view: ServiceView) -> tuple[str, str]:
         f"{name} is {view.health.value}{detail}",
         f"see `devmesh logs {name}` and its health check in devmesh.toml",
     )
-
-
-def endpoint_names(endpoints: Iterable[Endpoint]) -> list[str]:
-    return [f"{e.origin.value} {e.authority}" for e in endpoints]

@@ -18,23 +18,10 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from devmesh import const
 
 OWNER_ENV = "DEVMESH_OWNER"
-
-
-class ChildProcess(Protocol):
-    """What the supervisor needs of a child: asyncio's Process, or `PopenProcess`."""
-
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def stdout(self) -> asyncio.StreamReader | None: ...
-
-    async def wait(self) -> int: ...
 
 
 class PopenProcess:
@@ -72,7 +59,7 @@ class PopenProcess:
 class Spawned:
     """A running child and its process group."""
 
-    process: ChildProcess
+    process: PopenProcess
     pgid: int
 
     @property
@@ -118,24 +105,12 @@ async def spawn(
 ) -> Spawned:
     """Start `command` in a new session with stdout and stderr merged into one pipe."""
     argv = build_argv(command, env)
-    process: ChildProcess
-    if sys.platform != "win32":
-        process = await _spawn_with_popen(argv, env=env, cwd=cwd)
-    else:  # pragma: no cover - macOS and older kernels
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=str(cwd),
-            env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = await _spawn_with_popen(argv, env=env, cwd=cwd)
     # With start_new_session the child is the leader of a new group whose id is its pid.
     return Spawned(process=process, pgid=process.pid)
 
 
-async def _spawn_with_popen(argv: list[str], *, env: Mapping[str, str], cwd: Path) -> ChildProcess:
+async def _spawn_with_popen(argv: list[str], *, env: Mapping[str, str], cwd: Path) -> PopenProcess:
     # Blocking, on purpose: Popen's vfork returns in about a millisecond, far less than the fork of an
     # async spawn would block the loop for.
     popen = subprocess.Popen(  # noqa: ASYNC220
