@@ -67,3 +67,11 @@ MESH_REPLAY_WINDOW_S = 30.0  # a signed request older or newer than this is refu
 PEER_POLL_INTERVAL_S = 1.0  # each peer's catalog is fetched this often: it is also the liveness check
 PEER_FETCH_TIMEOUT_S = 1.0
 PEER_EXPIRE_S = 3.0  # a peer that has not answered for this long leaves the route table
+
+# Observability (events stream, dashboard)
+EVENTS_QUEUE_MAX = 2000  # events queued for one stream client before it is dropped (it reconnects)
+TRAFFIC_SAMPLE_INTERVAL_S = 1.0
+TRAFFIC_HISTORY_SAMPLES = 60  # the charts' last minute, sent to a dashboard as it connects
+TRAFFIC_REQUESTS_MAX = 50  # finished requests carried by one traffic sample
+EVENTS_HELLO_REQUESTS = 200  # recent requests in the first message of the stream
+REPLAY_TIMEOUT_S = 30.0  # `devmesh replay`: the whole replayed exchange

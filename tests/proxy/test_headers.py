@@ -66,12 +66,16 @@ def test_response_head_sets_framing_via_and_served_by() -> None:
 
 def test_trace_context() -> None:
     incoming = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    assert trace_context(incoming, None) == ("0af7651916cd43dd8448eb211c80319c", incoming)
-    trace_id, started = trace_context(None, b"my-trace")
-    assert trace_id == "my-trace" and started.startswith(b"00-") and len(started) == 55
+    trace_id, onward, parent = trace_context(incoming, None)
+    # Same trace and flags, the proxy's own span as the parent of the service's; the caller's span kept.
+    assert trace_id == "0af7651916cd43dd8448eb211c80319c" and parent == "b7ad6b7169203331"
+    assert onward.startswith(b"00-0af7651916cd43dd8448eb211c80319c-") and onward.endswith(b"-01")
+    assert onward.split(b"-")[2] != b"b7ad6b7169203331" and len(onward) == 55
+    trace_id, started, parent = trace_context(None, b"my-trace")
+    assert trace_id == "my-trace" and started.startswith(b"00-") and len(started) == 55 and parent == ""
     hex_id = "a" * 32
     assert trace_context(None, hex_id.encode())[1].startswith(b"00-" + hex_id.encode())
-    fresh_id, fresh = trace_context(b"garbage", b"bad value with spaces")
+    fresh_id, fresh, _ = trace_context(b"garbage", b"bad value with spaces")
     assert len(fresh_id) == 32 and fresh.split(b"-")[1].decode() == fresh_id
 
 

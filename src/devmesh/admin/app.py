@@ -1,22 +1,44 @@
-"""The admin API application.
+"""The admin API application, `/metrics`, the events stream and the dashboard.
 
 Reads are open on loopback; every write needs `Authorization: Bearer <token>` with the token from
 `.devmesh/token`, so a web page open in the developer's browser cannot drive the agent. Requests whose
-Host is not a loopback name are refused too, which defeats DNS rebinding.
+Host is not a loopback name are refused too, which defeats DNS rebinding. Browsers do not apply the
+same-origin policy to WebSockets, so the events stream checks `Origin` itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from typing import Annotated, Protocol
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+from urllib.parse import urlsplit
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from devmesh import __version__
-from devmesh.admin.models import ActionResult, Problem, Registration, RoutePin, ServiceStatus, StatusDocument
+from devmesh.admin.models import (
+    ActionResult,
+    Problem,
+    Registration,
+    ReplayResult,
+    RoutePin,
+    ServiceStatus,
+    StatusDocument,
+)
 from devmesh.config.schema import HealthSection
+from devmesh.observe.events import EventHub
 from devmesh.supervisor.manager import SupervisorError
+
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+_DASHBOARD_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
 
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -48,7 +70,25 @@ class AgentControl(Protocol):
 
     def unpin(self, name: str) -> None: ...
 
-    def recent_requests(self) -> list[dict[str, object]]: ...
+    def recent_requests(
+        self,
+        *,
+        service: str | None = None,
+        status: str | None = None,
+        trace_id: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, object]]: ...
+
+    def recent_request(self, request_id: int) -> dict[str, object] | None: ...
+
+    async def replay(self, request_id: int) -> dict[str, object]: ...
+
+    @property
+    def events(self) -> EventHub: ...
+
+    def hello(self) -> dict[str, Any]: ...
+
+    def metrics(self) -> bytes: ...
 
 
 def _host_is_loopback(host_header: str) -> bool:
@@ -155,9 +195,67 @@ def create_admin_app(agent: AgentControl) -> FastAPI:
         return agent.status().peers
 
     @app.get("/api/v1/requests")
-    async def requests() -> list[dict[str, object]]:
-        """The most recent proxied requests, newest last ([observe] requests_kept of them)."""
-        return agent.recent_requests()
+    async def requests(
+        service: str | None = None,
+        status: Annotated[str | None, Query(description="a code (502) or a class (5xx)")] = None,
+        trace_id: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 100,
+    ) -> list[dict[str, object]]:
+        """Recent proxied requests, newest last: headers (credentials masked) and sizes, not bodies."""
+        return agent.recent_requests(service=service, status=status, trace_id=trace_id, limit=limit)
+
+    @app.get("/api/v1/requests/{request_id}", responses={404: {"model": Problem}})
+    async def recent_request(request_id: int) -> dict[str, object]:
+        found = agent.recent_request(request_id)
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"no recent request {request_id}")
+        return found
+
+    @app.post("/api/v1/requests/{request_id}/replay", dependencies=writes, responses=problems)
+    async def replay(request_id: int) -> ReplayResult:
+        """Send a recorded request again through the proxy, with its original headers."""
+        return ReplayResult.model_validate(await agent.replay(request_id))
+
+    @app.get("/metrics", include_in_schema=True, response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text format (DESIGN §5 names), from the agent's own registry."""
+        from devmesh.observe.metrics import CONTENT_TYPE
+
+        return Response(agent.metrics(), media_type=CONTENT_TYPE)
+
+    @app.websocket("/api/v1/events")
+    async def events(socket: WebSocket) -> None:
+        """Every change of the mesh, pushed: a `hello` with the whole state, then events as they happen."""
+        origin = socket.headers.get("origin")
+        if origin is not None and not _host_is_loopback(urlsplit(origin).netloc):
+            await socket.close(code=1008, reason="the events stream answers loopback pages only")
+            return
+        await socket.accept()
+        hub = agent.events
+        hello = agent.hello()  # before subscribing: it sends pending changes to the others
+        subscription = hub.subscribe()
+        closed: asyncio.Future[Any] | None = None
+        try:
+            await socket.send_json(hello)
+            # The client sends nothing; reading notices when it goes away.
+            closed = asyncio.ensure_future(socket.receive())
+            while True:
+                getter = asyncio.ensure_future(subscription.queue.get())
+                done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if closed in done:
+                    getter.cancel()
+                    break
+                event = getter.result()
+                if subscription.overflowed:
+                    await socket.close(code=1013, reason="too far behind; reconnect")
+                    break
+                await socket.send_json(event)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        finally:
+            hub.unsubscribe(subscription)
+            if closed is not None:
+                closed.cancel()
 
     @app.get("/api/v1/routes")
     async def routes() -> dict[str, str]:
@@ -175,7 +273,21 @@ def create_admin_app(agent: AgentControl) -> FastAPI:
         return ActionResult(service=name, action="route cleared")
 
     @app.get("/", include_in_schema=False)
-    async def root() -> Response:
-        return JSONResponse({"devmesh": __version__, "api": "/api/v1/status", "openapi": "/api/openapi.json"})
+    async def dashboard() -> Response:
+        return _dashboard_file("index.html")
+
+    @app.get("/dashboard/{name}", include_in_schema=False)
+    async def dashboard_asset(name: str) -> Response:
+        return _dashboard_file(name)
 
     return app
+
+
+def _dashboard_file(name: str) -> Response:
+    """A file of the dashboard, shipped inside the package (no build step). Names are single path parts."""
+    path = DASHBOARD_DIR / name
+    kind = _DASHBOARD_TYPES.get(path.suffix)
+    if "/" in name or name.startswith(".") or kind is None or not path.is_file():
+        raise HTTPException(status_code=404, detail=f"no dashboard file {name!r}")
+    # Always revalidated: after an upgrade the browser must not run an old app.js against a new API.
+    return FileResponse(path, media_type=kind, headers={"Cache-Control": "no-cache"})

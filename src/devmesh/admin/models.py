@@ -7,6 +7,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from devmesh.config.schema import HealthSection, Port
 
 
+class EndpointStatus(BaseModel):
+    address: str
+    origin: str
+    peer: str | None = None
+    version: str | None = None
+    healthy: bool
+
+
 class ServiceStatus(BaseModel):
     name: str
     origin: str
@@ -19,10 +27,16 @@ class ServiceStatus(BaseModel):
     hosts: list[str]
     restarts: int
     detail: str | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    requires: str | None = None
+    remote: str | None = None
+    pin: str | None = None  # set by `devmesh route`: local | remote | peer=ID
+    endpoints: list[EndpointStatus] = Field(default_factory=list)  # in the order they are tried
 
 
 class AgentInfo(BaseModel):
     pid: int
+    peer_id: str = ""  # this agent, as its peers know it
     config: str
     files: list[str]
     admin: str
@@ -69,3 +83,14 @@ class ActionResult(BaseModel):
 
 class Problem(BaseModel):
     error: str
+
+
+class ReplayResult(BaseModel):
+    """What a replayed request got: the new request's id (in /api/v1/requests) and its answer."""
+
+    replayed: int
+    id: int | None
+    status: int
+    duration_ms: float
+    trace_id: str | None
+    served_by: str | None

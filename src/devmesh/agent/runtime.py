@@ -20,7 +20,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TextIO
 
@@ -39,14 +39,18 @@ from devmesh.config import ConfigError, LoadedConfig, load_config
 from devmesh.config.schema import HealthSection, MeshConfig
 from devmesh.config.units import Address
 from devmesh.mesh.snapshot import Endpoint, Health, MeshSnapshot, MeshState, Origin, RunState, ServiceView
+from devmesh.observe.events import Event, EventHub, TrafficSampler, service_events
 from devmesh.supervisor.guardian import Guardian
-from devmesh.supervisor.logs import LogSink
+from devmesh.supervisor.logs import LogLevelError, LogSink, parse_levels
 from devmesh.supervisor.manager import Supervisor
 from devmesh.supervisor.process import signal_group
 from devmesh.supervisor.reaper import owner_marker, reap_project
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from devmesh.admin.models import ServiceStatus, StatusDocument
+    from devmesh.observe.tracing import RequestTracer
     from devmesh.peers.follower import PeerFollower
     from devmesh.peers.mdns import MdnsDiscovery
     from devmesh.proxy.server import ProxyServer
@@ -96,7 +100,15 @@ class _EmbeddedUvicorn:
 
         self._sock = sock
         self._server = Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, loop="none", ws="none")  # type: ignore[arg-type]
+            uvicorn.Config(
+                app,  # type: ignore[arg-type]
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                loop="none",
+                ws="websockets-sansio",
+                ws_ping_interval=None,  # loopback: a dead client shows as a closed socket
+            )
         )
         self._task: asyncio.Task[None] | None = None
 
@@ -154,6 +166,13 @@ class Agent:
         self.https_address: Address | None = None
         self.proxy: ProxyServer | None = None
         self._publish_scheduled = False
+        self.events = EventHub()
+        self._sent_statuses: dict[str, dict[str, object]] = {}  # what the events stream last said
+        self._live_peers: set[str] = set()
+        self._traffic = TrafficSampler()
+        self._metrics: CollectorRegistry | None = None
+        self.tracer: RequestTracer | None = None
+        self._logs: LogSink | None = None
 
     @property
     def token(self) -> str:
@@ -182,7 +201,17 @@ class Agent:
                 "controls your processes and must stay on 127.0.0.1 or ::1"
             )
         started_at = time.monotonic()
-        logs = LogSink(self.paths.log_dir, terminal=self._terminal)
+        try:
+            levels = parse_levels(os.environ.get("DEVMESH_LOG"))
+        except LogLevelError as error:
+            raise AgentError(str(error)) from None
+        logs = LogSink(
+            self.paths.log_dir,
+            terminal=self._terminal,
+            levels=levels,
+            json_terminal=os.environ.get("DEVMESH_LOG_FORMAT", "").lower() == "json",
+        )
+        self._logs = logs
         for name in config.services:
             logs.register(name)  # the prefix column is as wide as the longest name from the first line
         reaped = await asyncio.to_thread(reap_project, self.loaded.project_dir)
@@ -216,6 +245,15 @@ class Agent:
                     raise AgentError(str(error)) from None
             if self._sharing() or config.peers.static:
                 mesh_socket = bind_tcp(config.proxy.mesh, purpose="mesh port", key="[proxy] mesh")
+            if config.observe.otlp is not None:
+                from devmesh.observe.tracing import TracingUnavailable, load_tracer
+
+                try:
+                    self.tracer = load_tracer(
+                        str(config.observe.otlp), mesh=self.loaded.mesh_name, peer_id=self.peer_id
+                    )
+                except TracingUnavailable as error:
+                    raise AgentError(str(error)) from None
         except AgentError:
             for sock in (admin_socket, proxy_socket, https_socket, mesh_socket):
                 if sock is not None:
@@ -281,8 +319,14 @@ class Agent:
                     config=str(self.loaded.path),
                 ),
             )
-            logs.agent(f"admin API on http://{self.admin_address} (mesh {self.loaded.mesh_name!r})")
+            logs.agent(
+                f"admin API and dashboard on http://{self.admin_address} (mesh {self.loaded.mesh_name!r}); "
+                "`devmesh dashboard` opens it",
+                event="admin_started",
+                address=str(self.admin_address),
+            )
             tasks.append(loop.create_task(self._watch_config(logs)))
+            tasks.append(loop.create_task(self._sample_traffic()))
             await self._stop_event.wait()
             logs.agent("stopping services...")
         finally:
@@ -301,6 +345,8 @@ class Agent:
             await self.supervisor.down()
             if self.proxy is not None:
                 await self.proxy.close()
+                if self.tracer is not None:
+                    await asyncio.to_thread(self.tracer.close)
             else:
                 for sock in (proxy_socket, https_socket):
                     if sock is not None:
@@ -392,7 +438,15 @@ class Agent:
             loaded = await asyncio.to_thread(load_config, self.loaded.path, env_name=self.loaded.env_name)
         except ConfigError as error:
             self.config_error = str(error)
-            logs.agent(f"config error; keeping the running config:\n{error}")
+            logs.agent(
+                f"config error; keeping the running config:\n{error}",
+                component="config",
+                level="error",
+                event="config_error",
+            )
+            self.events.publish(
+                {"type": "agent", "time": time.time(), "event": "config_error", "message": str(error)}
+            )
             self._publish()
             return
         self.config_error = None
@@ -407,7 +461,10 @@ class Agent:
         if loaded.config.proxy != previous.proxy or mesh_changed - live_mesh:
             logs.agent("[mesh] and [proxy] changes take effect after `devmesh down` and `devmesh up`")
         summary = await self.supervisor.apply(loaded.config)
-        logs.agent(f"config reloaded: {summary}")
+        logs.agent(f"config reloaded: {summary}", component="config", event="config_reloaded")
+        self.events.publish(
+            {"type": "agent", "time": time.time(), "event": "config_reloaded", "message": summary}
+        )
         self._publish()
 
     # -- state ---------------------------------------------------------------------------------------
@@ -434,6 +491,78 @@ class Agent:
             # waiting out the proxy timeout on a connection nobody will answer.
             for key in _peer_keys(previous) - _peer_keys(published):
                 self.proxy.pool.drop(key)
+        if self.peers is not None:
+            live = {state.catalog.peer for state in self.peers.live() if state.catalog is not None}
+            if live != self._live_peers:
+                now = time.time()
+                entries = self._peer_entries()
+                for peer in sorted(live - self._live_peers):
+                    self.events.publish(
+                        {"type": "peer", "time": now, "event": "joined", "peer": peer, "peers": entries}
+                    )
+                for peer in sorted(self._live_peers - live):
+                    self.events.publish(
+                        {"type": "peer", "time": now, "event": "left", "peer": peer, "peers": entries}
+                    )
+                self._live_peers = live
+        if self.events.subscribers:
+            self._send_service_changes()
+
+    def _send_service_changes(self) -> None:
+        """A `service` event for each service whose status differs from what the stream last said."""
+        current = {entry.name: entry.model_dump() for entry in self.status().services}
+        for event in service_events(self._sent_statuses, current, time.time()):
+            self.events.publish(event)
+        self._sent_statuses = current
+
+    def hello(self) -> Event:
+        """The first message of the events stream: everything a dashboard draws, as of now."""
+        if self.events.subscribers:
+            self._send_service_changes()  # the others hear of what changed since the last snapshot
+        status = self.status()
+        self._sent_statuses = {entry.name: entry.model_dump() for entry in status.services}
+        log = self.proxy.access_log if self.proxy is not None else None
+        recent = list(log.recent)[-const.EVENTS_HELLO_REQUESTS :] if log is not None else []
+        return {
+            "type": "hello",
+            "time": time.time(),
+            "status": status.model_dump(),
+            "requests": [record.summary() for record in recent],
+            "traffic": list(self.events.traffic_history),
+        }
+
+    async def _sample_traffic(self) -> None:
+        """Once a second: what each service served, for the dashboard's charts (pushed, never polled)."""
+        while True:
+            await asyncio.sleep(const.TRAFFIC_SAMPLE_INTERVAL_S)
+            if self.proxy is None or self.proxy.access_log is None:
+                continue
+            sample = self._traffic.sample(self.proxy.stats, self.proxy.access_log.recent, time.time())
+            self.events.traffic_history.append(
+                {key: value for key, value in sample.items() if key != "requests"}
+            )
+            if self.events.subscribers:
+                self.events.publish(sample)
+
+    def metrics(self) -> bytes:
+        """`/metrics`: Prometheus text, from the agent's own registry (built on the first scrape)."""
+        from devmesh.observe.metrics import MeshSources, metrics_registry, render
+
+        if self._metrics is None:
+            self._metrics = metrics_registry(
+                MeshSources(
+                    snapshot=lambda: self.state.snapshot,
+                    proxy_stats=lambda: self.proxy.stats if self.proxy is not None else None,
+                    mesh_stats=lambda: self.mesh_proxy.stats if self.mesh_proxy is not None else None,
+                    live_peers=lambda: len(self.peers.live()) if self.peers is not None else 0,
+                    mesh_refused=lambda: (
+                        self.mesh_proxy.mesh.refused if self.mesh_proxy and self.mesh_proxy.mesh else 0
+                    ),
+                    faults_injected=dict,
+                    peer_id=self.peer_id,
+                )
+            )
+        return render(self._metrics)
 
     def _views(self) -> dict[str, ServiceView]:
         """The supervisor's services, with the endpoints peers offer merged in and the pins applied."""
@@ -469,9 +598,60 @@ class Agent:
                 views[name] = replace(pinned, endpoints=kept, detail=detail)
         return views
 
-    def recent_requests(self) -> list[dict[str, object]]:
+    def recent_requests(
+        self,
+        *,
+        service: str | None = None,
+        status: str | None = None,
+        trace_id: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, object]]:
+        """Recent proxied requests, newest last, filtered: `status` is a code (`502`) or a class (`5xx`)."""
         log = self.proxy.access_log if self.proxy is not None else None
-        return [record._asdict() for record in log.recent] if log is not None else []
+        if log is None:
+            return []
+        matches = status_filter(status)
+        found: list[dict[str, object]] = []
+        for record in reversed(log.recent):
+            if len(found) >= limit:
+                break
+            if service and record.service != service:
+                continue
+            if trace_id and trace_id not in (record.trace_id, record.traceparent[3:35]):
+                continue
+            if matches is not None and not matches(record.status):
+                continue
+            found.append(record.summary(headers=True))
+        found.reverse()
+        return found
+
+    def recent_request(self, request_id: int) -> dict[str, object] | None:
+        log = self.proxy.access_log if self.proxy is not None else None
+        record = log.find(request_id) if log is not None else None
+        return record.summary(headers=True) if record is not None else None
+
+    async def replay(self, request_id: int) -> dict[str, object]:
+        """Send a recorded request again, through this agent's proxy, with its original headers."""
+        from devmesh.agent.replay import replay_request
+        from devmesh.supervisor.manager import SupervisorError
+
+        log = self.proxy.access_log if self.proxy is not None else None
+        record = log.find(request_id) if log is not None else None
+        if record is None or self.listen_address is None:
+            raise SupervisorError(
+                f"no recent request {request_id} (the agent keeps the last {self.loaded.config.observe.requests_kept}; "
+                "see `GET /api/v1/requests`)",
+                status=404,
+            )
+        result = await replay_request(record, self.listen_address)
+        # The proxy recorded the replay as a new request: find it by its trace id, newest first.
+        result["id"] = None
+        assert log is not None
+        for entry in reversed(log.recent):
+            if entry.trace_id == result["trace_id"]:
+                result["id"] = entry.id
+                break
+        return result
 
     # -- pins (`devmesh route`) -----------------------------------------------------------------------
 
@@ -489,10 +669,12 @@ class Agent:
         if name not in self._views():
             raise SupervisorError(f"no service named {name!r} (here or at a peer)", status=404)
         self._pins[name] = parsed
+        self.events.publish({"type": "route", "time": time.time(), "service": name, "pin": parsed})
         self._publish()
 
     def unpin(self, name: str) -> None:
-        self._pins.pop(name, None)
+        if self._pins.pop(name, None) is not None:
+            self.events.publish({"type": "route", "time": time.time(), "service": name, "pin": None})
         self._publish()
 
     def status(self) -> StatusDocument:
@@ -503,6 +685,7 @@ class Agent:
             mesh=self.loaded.mesh_name,
             agent=AgentInfo(
                 pid=os.getpid(),
+                peer_id=self.peer_id,
                 config=str(self.loaded.path),
                 files=[str(path) for path in self.loaded.files],
                 admin=str(self.admin_address),
@@ -514,26 +697,30 @@ class Agent:
                 revision=self.state.snapshot.revision,
             ),
             services=[self._service_status(view) for view in views.values()],
-            peers=[
-                {
-                    "peer": state.peer,
-                    "address": str(state.address),
-                    "alive": state.catalog is not None,
-                    "latency_ms": round(state.latency_s * 1000, 2),
-                    "services": [
-                        {"name": s.name, "version": s.version, "healthy": s.healthy}
-                        for s in (state.catalog.services if state.catalog else [])
-                    ],
-                    "error": state.error,
-                }
-                for state in (self.peers.peers if self.peers is not None else [])
-            ],
+            peers=self._peer_entries(),
         )
 
+    def _peer_entries(self) -> list[dict[str, object]]:
+        return [
+            {
+                "peer": state.peer,
+                "address": str(state.address),
+                "alive": state.catalog is not None,
+                "latency_ms": round(state.latency_s * 1000, 2),
+                "services": [
+                    {"name": s.name, "version": s.version, "healthy": s.healthy}
+                    for s in (state.catalog.services if state.catalog else [])
+                ],
+                "error": state.error,
+            }
+            for state in (self.peers.peers if self.peers is not None else [])
+        ]
+
     def _service_status(self, view: ServiceView) -> ServiceStatus:
-        from devmesh.admin.models import ServiceStatus
+        from devmesh.admin.models import EndpointStatus, ServiceStatus
 
         url = self.service_url(view)
+        spec = self.loaded.config.services.get(view.name)
         return ServiceStatus(
             name=view.name,
             origin=view.origin.value,
@@ -546,6 +733,20 @@ class Agent:
             hosts=list(view.hosts),
             restarts=view.restarts,
             detail=view.detail if view.health != Health.HEALTHY else None,
+            depends_on=list(spec.depends_on) if spec is not None else [],
+            requires=view.requires,
+            remote=view.remote,
+            pin=self._pins.get(view.name),
+            endpoints=[
+                EndpointStatus(
+                    address=endpoint.authority,
+                    origin=endpoint.origin.value,
+                    peer=endpoint.peer_id,
+                    version=endpoint.version,
+                    healthy=endpoint.healthy,
+                )
+                for endpoint in view.endpoints
+            ],
         )
 
     def service_url(self, view: ServiceView) -> str | None:
@@ -565,6 +766,15 @@ class Agent:
             return f"http://{domain}{authority_port}{prefix}"
         return None
 
+    def _access_log_path(self) -> Path | None:
+        """`[observe] access_log_path`: `.devmesh/logs/access.log` by default, "-" for the terminal."""
+        configured = self.loaded.config.observe.access_log_path
+        if configured == "-":
+            return None
+        if configured is None:
+            return self.paths.log_dir / "access.log"
+        return self.loaded.project_dir / Path(configured).expanduser()
+
     async def _start_proxy(
         self, sock: socket.socket, https_socket: socket.socket | None, tls: ssl.SSLContext | None
     ) -> None:
@@ -579,7 +789,13 @@ class Agent:
             peer_id=self.peer_id,
             peer_key=self._mesh_key(),
             access_log=AccessLog(
-                self.paths.log_dir / "access.log", config.proxy.access_log, kept=config.observe.requests_kept
+                self._access_log_path(),
+                config.proxy.access_log,
+                kept=config.observe.requests_kept,
+                echo=self._logs.access
+                if self._logs is not None and config.observe.access_log_path == "-"
+                else None,
+                sink=self.tracer,
             ),
         )
         if self._mesh_tls is not None:
@@ -801,3 +1017,17 @@ def run_agent(loaded: LoadedConfig, *, services: Sequence[str] | None = None, sh
         runner = asyncio.Runner()
     with runner:
         return runner.run(agent.run())
+
+
+def status_filter(status: str | None) -> Callable[[int], bool] | None:
+    """`502` matches that code, `5xx` the class; None or "" matches all. A bad filter matches nothing."""
+    if not status:
+        return None
+    text = status.strip().lower()
+    if len(text) == 3 and text.endswith("xx") and text[0].isdigit():
+        low = int(text[0]) * 100
+        return lambda code: low <= code < low + 100
+    if text.isdigit():
+        wanted = int(text)
+        return lambda code: code == wanted
+    return lambda code: False

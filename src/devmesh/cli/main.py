@@ -525,6 +525,109 @@ def route(ctx: click.Context, service: str, peer: str | None, local: bool, remot
 
 
 @app.command()
+@click.option("--service", "-s", help="Only requests for this service.")
+@click.option("--status", "status_filter", help="A code (502) or a class (5xx).")
+@click.option("--trace", "trace_id", help="Only requests of this trace id.")
+@click.option("--limit", "-n", default=20, show_default=True, help="How many, newest last.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with the request headers).")
+@click.pass_context
+def requests(
+    ctx: click.Context,
+    service: str | None,
+    status_filter: str | None,
+    trace_id: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The recent requests the proxy served (headers and sizes, not bodies), for `devmesh replay ID`.
+
+    \b
+    Examples:
+      devmesh requests --service api --status 5xx
+      devmesh replay 42
+    """
+    from urllib.parse import urlencode
+
+    query = {"service": service, "status": status_filter, "trace_id": trace_id, "limit": str(max(limit, 1))}
+    found = _call(ctx, "get", "/api/v1/requests?" + urlencode({k: v for k, v in query.items() if v}))
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo("no request yet (the agent keeps the last [observe] requests_kept)")
+        return
+    from devmesh.cli.table import print_table
+
+    print_table(
+        ["ID", "TIME", "METHOD", "HOST", "PATH", "STATUS", "SERVICE", "ORIGIN", "MS", "TRACE"],
+        [
+            [
+                str(entry["id"]),
+                time.strftime("%H:%M:%S", time.localtime(entry["time"])),
+                entry["method"],
+                entry["host"],
+                entry["path"][:60],
+                str(entry["status"]),
+                entry["service"],
+                entry["origin"],
+                f"{entry['duration_ms']:.1f}",
+                entry["trace_id"][:16],
+            ]
+            for entry in found
+        ],
+    )
+
+
+@app.command()
+@click.argument("request_id", type=int, metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def replay(ctx: click.Context, request_id: int, as_json: bool) -> None:
+    """Send a recent request again through the proxy, with its original headers (IDs: `devmesh requests`).
+
+    \b
+    Examples:
+      devmesh replay 42
+    """
+    result = _call(ctx, "post", f"/api/v1/requests/{request_id}/replay", {})
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(
+        f"replayed {request_id} as {result['id']}: {result['status']} in {result['duration_ms']:.1f} ms"
+        + (f" from {result['served_by']}" if result.get("served_by") else "")
+        + (f" (trace {result['trace_id']})" if result.get("trace_id") else "")
+    )
+    if result["status"] >= 500:
+        raise SystemExit(EXIT_FAILURE)
+
+
+@app.command()
+@click.option("--no-open", is_flag=True, help="Print the URL instead of opening a browser.")
+@click.pass_context
+def dashboard(ctx: click.Context, no_open: bool) -> None:
+    """Open the live dashboard of the running mesh in a browser (with the project's token, so its
+    buttons work).
+
+    \b
+    Examples:
+      devmesh dashboard
+      devmesh dashboard --no-open      # on a machine without a browser: print the URL
+    """
+    client = _client(ctx)
+    url = f"http://{client.record.admin}/#token={client.token}"
+    if no_open:
+        click.echo(url)
+        return
+    import webbrowser
+
+    if not webbrowser.open(url):
+        click.echo(f"no browser found; open {url}")
+        return
+    click.echo(f"opened the dashboard at http://{client.record.admin}/")
+
+
+@app.command()
 @click.option("--force", is_flag=True, help="Overwrite an existing devmesh.toml.")
 def init(force: bool) -> None:
     """Write a commented devmesh.toml, detecting a Procfile, docker-compose.yml or package.json scripts.

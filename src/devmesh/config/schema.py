@@ -206,8 +206,11 @@ class DiscoverySection(Section):
 
 
 class ObserveSection(Section):
-    otlp: Url | None = None
+    otlp: Url | None = None  # export a span per proxied request (extra: devmesh[otel])
     requests_kept: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
+    # Where the access log goes ([proxy] access_log sets its format): a file (relative to the project),
+    # or "-" for the terminal, merged with the services' logs. Default: .devmesh/logs/access.log.
+    access_log_path: Annotated[str, Field(min_length=1)] | None = None
 
 
 class EngineSection(Section):

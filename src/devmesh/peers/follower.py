@@ -95,7 +95,7 @@ class PeerFollower:
         peer_id: str,
         mesh_hash: str,
         on_change: Callable[[], None],
-        log: Callable[[str], None],
+        log: Callable[..., None],  # LogSink.agent: (text, component=, level=, event=, **fields)
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.peers = [PeerState(address) for address in addresses]
@@ -128,7 +128,13 @@ class PeerFollower:
             if str(state.address) == str(address):
                 self.peers.remove(state)
                 if state.catalog is not None:
-                    self._log(f"peer {state.catalog.peer} at {address} left ({reason})")
+                    self._log(
+                        f"peer {state.catalog.peer} at {address} left ({reason})",
+                        component="peers",
+                        event="peer_left",
+                        peer=state.catalog.peer,
+                        address=str(address),
+                    )
                     self._on_change()
 
     async def close(self) -> None:
@@ -176,7 +182,13 @@ class PeerFollower:
         )
         if previous is None:
             names = ", ".join(s.name for s in catalog.services) or "no services"
-            self._log(f"peer {catalog.peer} at {state.address} joined ({names})")
+            self._log(
+                f"peer {catalog.peer} at {state.address} joined ({names})",
+                component="peers",
+                event="peer_joined",
+                peer=catalog.peer,
+                address=str(state.address),
+            )
         if previous is None or (previous.epoch, previous.revision) != (catalog.epoch, catalog.revision):
             self._on_change()
 
@@ -184,12 +196,24 @@ class PeerFollower:
         """`gone`: certainly not there (its port is closed, or it is of another mesh): it leaves now;
         otherwise it leaves after PEER_EXPIRE_S of silence."""
         if state.error != reason:
-            self._log(f"peer at {state.address}: {reason}")
+            self._log(
+                f"peer at {state.address}: {reason}",
+                component="peers",
+                level="warning",
+                event="peer_error",
+                address=str(state.address),
+            )
         state.error = reason
         silent_too_long = time.monotonic() - state.last_ok > const.PEER_EXPIRE_S
         if state.catalog is not None and (gone or silent_too_long):
             why = reason if gone else f"no answer for {const.PEER_EXPIRE_S:g} s"
-            self._log(f"peer {state.catalog.peer} at {state.address} left ({why})")
+            self._log(
+                f"peer {state.catalog.peer} at {state.address} left ({why})",
+                component="peers",
+                event="peer_left",
+                peer=state.catalog.peer,
+                address=str(state.address),
+            )
             state.catalog = None
             self._on_change()
 

@@ -32,7 +32,7 @@ class MdnsDiscovery:
         announce: Address | None,
         interfaces: list[str],
         follower: PeerFollower,
-        log: Callable[[str], None],
+        log: Callable[..., None],
     ) -> None:
         self._peer_id = peer_id
         self._mesh_hash = mesh_hash

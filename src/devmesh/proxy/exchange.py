@@ -64,12 +64,15 @@ class Exchange:
         "http_minor",
         "keep_alive",
         "method",
+        "parent_span",
         "peer_checked",
         "pending",
         "pending_bytes",
         "replay",
         "replay_bytes",
+        "request_bytes",
         "request_head",
+        "response_bytes",
         "response_chunked",
         "response_close_delimited",
         "response_head_done",
@@ -110,6 +113,7 @@ class Exchange:
         self.route_pin: bytes | None = None
         self.traceparent: bytes | None = None
         self.trace_id = ""
+        self.parent_span = ""  # the caller's span id, from its traceparent
         self.chunked = False
         self.unsupported_coding: bytes | None = None
         self.content_length: bytes | None = None
@@ -118,6 +122,8 @@ class Exchange:
         self.cookie: bytes | None = None
         self.sticky_cookie: str | None = None  # the cookie that keeps this client on one endpoint
         self.body_complete = False
+        self.request_bytes = 0
+        self.response_bytes = 0
         # Request bytes (head, then body frames) not yet written to an upstream connection.
         self.pending: list[bytes] = []
         self.pending_bytes = 0
@@ -180,6 +186,7 @@ class Exchange:
     def on_request_body(self, body: bytes) -> None:
         if self.done:
             return
+        self.request_bytes += len(body)
         frame = b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body
         self._send_upstream(frame)
 
@@ -245,7 +252,9 @@ class Exchange:
             self.respond_error(ErrorPage(400, "Bad Request", message))
             return
         self.host = host
-        self.trace_id, self.traceparent = hdr.trace_context(self.traceparent, self.trace_header)
+        self.trace_id, self.traceparent, self.parent_span = hdr.trace_context(
+            self.traceparent, self.trace_header
+        )
         if server.mesh is not None:
             self._start_from_peer()
             return
@@ -601,6 +610,7 @@ class Exchange:
     def on_response_body(self, body: bytes) -> None:
         if not self.response_head_done or self.done:
             return
+        self.response_bytes += len(body)
         if self.response_chunked:
             self.client.write(b"%x\r\n%b\r\n" % (len(body), body))
         else:
@@ -790,6 +800,7 @@ class Exchange:
         server.stats.count(service, origin, status, duration)
         log = server.access_log
         if log is not None:
+            server.request_seq += 1
             log.record(
                 RequestRecord(
                     time.time(),
@@ -802,5 +813,13 @@ class Exchange:
                     duration,
                     self.trace_id,
                     endpoint.authority if endpoint is not None else "",
+                    server.request_seq,
+                    (endpoint.peer_id or "") if endpoint is not None else "",
+                    self.traceparent.decode("latin-1") if self.traceparent else "",
+                    self.parent_span,
+                    self.request_bytes,
+                    self.response_bytes,
+                    "",
+                    self.headers,
                 )
             )

@@ -31,7 +31,7 @@ _REPLACED_ON_REQUEST = frozenset(
 _APPENDED_ON_REQUEST = frozenset({b"x-forwarded-for", b"forwarded", b"via"})
 _REPLACED_ON_RESPONSE = frozenset({b"x-devmesh-served-by", b"x-devmesh-trace-id"})
 
-_TRACEPARENT_RE = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+_TRACEPARENT_RE = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _TRACE_ID_RE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _ZERO_TRACE = b"0" * 32
 
@@ -60,14 +60,17 @@ def _named_by_connection(headers: Headers, connection: bytes | None) -> set[byte
     return named
 
 
-def trace_context(traceparent: bytes | None, trace_header: bytes | None) -> tuple[str, bytes]:
-    """(trace id, traceparent to send upstream): an incoming W3C context is passed through; a request
-    with only X-DevMesh-Trace-ID starts a context with that id where it is one; else a new trace starts."""
+def trace_context(traceparent: bytes | None, trace_header: bytes | None) -> tuple[str, bytes, str]:
+    """(trace id, traceparent to send upstream, the caller's span id or ""). The proxy is a span of the
+    trace: an incoming W3C context keeps its trace id and flags and gets the proxy's own span id as
+    parent; a request with only X-DevMesh-Trace-ID starts a context with that id where it is one;
+    else a new trace starts."""
     if traceparent is not None:
         found = _TRACEPARENT_RE.match(traceparent.strip())
         if found is not None and found.group(1) != _ZERO_TRACE:
             trace_id = trace_header if trace_header and _TRACE_ID_RE.match(trace_header) else found.group(1)
-            return trace_id.decode("ascii"), traceparent.strip()
+            context = b"00-%b-%016x-%b" % (found.group(1), random.getrandbits(64), found.group(3))
+            return trace_id.decode("ascii"), context, found.group(2).decode("ascii")
     if trace_header is not None and _TRACE_ID_RE.match(trace_header):
         trace_id = trace_header.decode("ascii")
         hex_id = (
@@ -75,9 +78,9 @@ def trace_context(traceparent: bytes | None, trace_header: bytes | None) -> tupl
             if re.fullmatch(r"[0-9a-fA-F]{32}", trace_id)
             else f"{random.getrandbits(128):032x}"
         )
-        return trace_id, f"00-{hex_id}-{random.getrandbits(64):016x}-01".encode()
+        return trace_id, f"00-{hex_id}-{random.getrandbits(64):016x}-01".encode(), ""
     hex_id = f"{random.getrandbits(128):032x}"
-    return hex_id, f"00-{hex_id}-{random.getrandbits(64):016x}-01".encode()
+    return hex_id, f"00-{hex_id}-{random.getrandbits(64):016x}-01".encode(), ""
 
 
 def forwarded_for(client_ip: str) -> str:

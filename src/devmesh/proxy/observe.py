@@ -13,15 +13,17 @@ import json
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Literal, NamedTuple
+from typing import IO, Literal, NamedTuple, Protocol
 
 from devmesh import const
 
 AccessLogFormat = Literal["json", "text", "off"]
 
-# Prometheus's default buckets, in seconds: they suit both a 1 ms cache hit and a 10 s report.
-DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+# In seconds. Local services answer in well under a millisecond to a few seconds: Prometheus's default
+# buckets start at 5 ms and would put every local request in the first one.
+DURATION_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class RequestRecord(NamedTuple):
@@ -40,16 +42,55 @@ class RequestRecord(NamedTuple):
     duration_s: float
     trace_id: str
     endpoint: str
+    id: int = 0  # this agent's sequence number: `devmesh replay ID`
+    peer: str = ""  # the peer that served it, for an endpoint at a peer
+    traceparent: str = ""  # the W3C context sent upstream: its span id is the proxy's span
+    parent_span: str = ""  # the caller's span id, when the request came with a traceparent
+    request_bytes: int = 0  # body bytes, as received (not counting chunk framing)
+    response_bytes: int = 0
+    fault: str = ""  # the fault that touched it
+    headers: list[tuple[bytes, bytes]] | None = None  # the request's headers, as received (not logged)
 
     def as_json(self) -> str:
         # By hand, not json.dumps (~3x faster). Only the method and path can need escaping: the host
         # passed the proxy's host[:port] check, trace ids its token check, the rest is devmesh's own.
         return (
-            f'{{"time":"{_iso(self.time)}","method":{_json_string(self.method)},'
+            f'{{"time":"{_iso(self.time)}","id":{self.id},"method":{_json_string(self.method)},'
             f'"host":"{self.host}","path":{_json_string(self.path)},"status":{self.status},'
             f'"service":"{self.service}","origin":"{self.origin}","duration_ms":{self.duration_s * 1000:.3f},'
-            f'"trace_id":"{self.trace_id}","endpoint":"{self.endpoint}"}}'
+            f'"trace_id":"{self.trace_id}","endpoint":"{self.endpoint}","peer":"{self.peer}",'
+            f'"request_bytes":{self.request_bytes},"response_bytes":{self.response_bytes}}}'
         )
+
+    def summary(self, *, headers: bool = False) -> dict[str, object]:
+        """The record as the admin API and the events stream show it; secrets in headers are masked."""
+        entry: dict[str, object] = {
+            "id": self.id,
+            "time": round(self.time, 6),
+            "method": self.method,
+            "host": self.host,
+            "path": self.path,
+            "status": self.status,
+            "service": self.service,
+            "origin": self.origin,
+            "endpoint": self.endpoint,
+            "peer": self.peer,
+            "duration_ms": round(self.duration_s * 1000, 3),
+            "trace_id": self.trace_id,
+            "traceparent": self.traceparent,
+            "request_bytes": self.request_bytes,
+            "response_bytes": self.response_bytes,
+            "fault": self.fault,
+        }
+        if headers:
+            entry["request_headers"] = [
+                [
+                    name.decode("latin-1"),
+                    "[masked]" if name.lower() in MASKED_HEADERS else value.decode("latin-1"),
+                ]
+                for name, value in self.headers or ()
+            ]
+        return entry
 
     def as_text(self) -> str:
         return (
@@ -74,6 +115,11 @@ def _iso(timestamp: float) -> str:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(whole))
         _second_cache[0] = (whole, text)
     return f"{text}.{int((timestamp - whole) * 1000):03d}"
+
+
+# Read access to recent requests needs no token (like the rest of the admin API's reads): credentials
+# are shown masked. `devmesh replay` sends the real values, from memory, and needs the token.
+MASKED_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"x-api-key"})
 
 
 class RequestStats:
@@ -105,15 +151,33 @@ class RequestStats:
         return sum(self.requests.values())
 
 
-class AccessLog:
-    """Access log lines in `.devmesh/logs/access.log` (json or text), written in batches; the last
-    `kept` records stay in memory for the dashboard and `devmesh replay`."""
+class RecordSink(Protocol):
+    """Something that takes every finished request (the OTLP exporter)."""
 
-    def __init__(self, path: Path | None, log_format: AccessLogFormat, *, kept: int = 1000) -> None:
+    def record(self, entry: RequestRecord) -> None: ...
+
+
+class AccessLog:
+    """Access log lines (json or text), written in batches to a file, or to the terminal through
+    `echo`; the last `kept` records stay in memory for the dashboard and `devmesh replay`, and each
+    record goes on to `sink` when one is set (traces)."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        log_format: AccessLogFormat,
+        *,
+        kept: int = 1000,
+        echo: Callable[[str], None] | None = None,
+        sink: RecordSink | None = None,
+    ) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None  # set by the server: no lookup per request
         self.path = path
         self.format = log_format
+        self.echo = echo
+        self.sink = sink
         self.recent: deque[RequestRecord] = deque(maxlen=max(kept, 1))
+        self._writes = log_format != "off" and (path is not None or echo is not None)
         self._pending: list[str] = []
         self._render = RequestRecord.as_json if log_format == "json" else RequestRecord.as_text
         self._file: IO[str] | None = None
@@ -121,7 +185,9 @@ class AccessLog:
 
     def record(self, entry: RequestRecord) -> None:
         self.recent.append(entry)
-        if self.format == "off" or self.path is None:
+        if self.sink is not None:
+            self.sink.record(entry)
+        if not self._writes:
             return
         # Formatted now, written in a batch: formatting a whole batch at once was a pause of several
         # milliseconds for every request in flight (the proxy's p99).
@@ -130,11 +196,26 @@ class AccessLog:
             loop = self.loop if self.loop is not None else asyncio.get_running_loop()
             self._flush_handle = loop.call_later(const.ACCESS_LOG_FLUSH_S, self.flush)
 
+    def find(self, request_id: int) -> RequestRecord | None:
+        """A recent request by its id (ids grow, so the search starts from the newest)."""
+        for entry in reversed(self.recent):
+            if entry.id == request_id:
+                return entry
+            if entry.id < request_id:
+                break
+        return None
+
     def flush(self) -> None:
         self._flush_handle = None
-        if not self._pending or self.path is None:
+        if not self._pending:
             return
         pending, self._pending = self._pending, []
+        if self.echo is not None:
+            for line in pending:
+                self.echo(line)
+            return
+        if self.path is None:
+            return
         pending.append("")
         text = "\n".join(pending)
         try:

@@ -95,6 +95,7 @@ class ProxyServer:
         self.buffer_high = self.limits.buffer_high
         self.start_wait_s = self.limits.start_wait_s
         self.stats = RequestStats()
+        self.request_seq = 0  # ids of recorded requests, for `devmesh replay ID`
         self.pool = UpstreamPool(
             idle_timeout_s=self.limits.upstream_idle_timeout_s,
             connect_timeout_s=self.limits.connect_timeout_s,

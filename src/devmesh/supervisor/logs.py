@@ -1,12 +1,15 @@
 """Merged, coloured, prefixed service logs on the terminal (like docker compose), and a file per service.
 
 Each line in a service's file starts with an ISO-8601 UTC timestamp, so `devmesh logs` can merge the files
-of several services in order and follow them all.
+of several services in order and follow them all. devmesh's own records (service started, crashed, peer
+joined...) are structured: one JSON object per line in `devmesh.log`, with a level and a component, and
+`DEVMESH_LOG` sets the level per component (`DEVMESH_LOG=warning,peers=debug`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import sys
@@ -18,6 +21,35 @@ from devmesh import const
 
 _COLOURS = (36, 33, 32, 35, 34, 91, 96, 93, 92, 95, 94)
 AGENT_LOG_NAME = "devmesh"
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+COMPONENTS = ("agent", "config", "supervisor", "health", "proxy", "peers", "admin")
+
+
+class LogLevelError(ValueError):
+    """DEVMESH_LOG names a level or component that does not exist."""
+
+
+def parse_levels(spec: str | None) -> dict[str, int]:
+    """`DEVMESH_LOG`: a default level and per-component ones, e.g. `warning,peers=debug`. Returns the
+    threshold per component ("*" for the default)."""
+    levels = {"*": LEVELS["info"]}
+    for part in (spec or "").split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        component, _, level = part.rpartition("=")
+        if level not in LEVELS:
+            raise LogLevelError(
+                f"DEVMESH_LOG: {level!r} is not a level (use {', '.join(LEVELS)}, e.g. DEVMESH_LOG=warning,peers=debug)"
+            )
+        if component and component not in COMPONENTS:
+            raise LogLevelError(
+                f"DEVMESH_LOG: {component!r} is not a component (use {', '.join(COMPONENTS)})"
+            )
+        levels[component or "*"] = LEVELS[level]
+    return levels
+
+
 _TIMESTAMP_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z) (.*)$")
 
 
@@ -36,8 +68,18 @@ def _now() -> str:
 class LogSink:
     """Where every line a service prints goes: the terminal (prefixed) and the service's log file."""
 
-    def __init__(self, log_dir: Path, *, terminal: TextIO | None = None, colour: bool | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        terminal: TextIO | None = None,
+        colour: bool | None = None,
+        levels: dict[str, int] | None = None,
+        json_terminal: bool = False,
+    ) -> None:
         self._log_dir = log_dir
+        self._levels = levels if levels is not None else {"*": LEVELS["info"]}
+        self._json_terminal = json_terminal
         self._terminal = terminal if terminal is not None else sys.stdout
         self._colour = colour_enabled(self._terminal) if colour is None else colour
         self._files: dict[str, IO[str]] = {}
@@ -57,10 +99,28 @@ class LogSink:
         self._file(name).write(f"{_now()} {text}\n")
         self._echo(name, text)
 
-    def agent(self, text: str) -> None:
-        """A line from devmesh itself (service started, crashed, config reloaded...)."""
-        self._file(AGENT_LOG_NAME).write(f"{_now()} {text}\n")
-        self._echo(AGENT_LOG_NAME, text)
+    def agent(
+        self, text: str, *, component: str = "agent", level: str = "info", event: str = "", **fields: object
+    ) -> None:
+        """A record from devmesh itself (service started, crashed, config reloaded...): `text` for people,
+        `event` and `fields` for machines."""
+        if LEVELS[level] < self._levels.get(component, self._levels["*"]):
+            return
+        record: dict[str, object] = {"time": _now(), "level": level, "component": component}
+        if event:
+            record["event"] = event
+        record.update(fields)
+        record["message"] = text
+        line = json.dumps(record, default=str)
+        self._file(AGENT_LOG_NAME).write(line + "\n")
+        if self._json_terminal:
+            self._echo(AGENT_LOG_NAME, line)
+        else:
+            self._echo(AGENT_LOG_NAME, text if level == "info" else f"{level}: {text}")
+
+    def access(self, line: str) -> None:
+        """An access log line, when the access log goes to the terminal."""
+        self._echo("access", line)
 
     def flush(self) -> None:
         for handle in self._files.values():
@@ -99,7 +159,14 @@ def log_path(log_dir: Path, name: str) -> Path:
 
 
 def parse_line(raw: str) -> tuple[str, str]:
-    """(timestamp, text) of a log file line; lines without a timestamp sort first."""
+    """(timestamp, text) of a log file line (a service's line, or one of devmesh's JSON records); lines
+    without a timestamp sort first."""
+    if raw.startswith('{"time": "'):
+        try:
+            record = json.loads(raw)
+            return (str(record["time"]), str(record["message"]))
+        except (ValueError, KeyError, TypeError):
+            pass
     match = _TIMESTAMP_RE.match(raw.rstrip("\n"))
     if match is None:
         return ("", raw.rstrip("\n"))

@@ -1,0 +1,1 @@
+"""What the mesh tells the developer and their tools: metrics, events, traces, topology."""
