@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from devmesh.cli.graph import graph
 from devmesh.cli.trust import trust
 
 if TYPE_CHECKING:
@@ -651,6 +652,7 @@ def init(force: bool) -> None:
 
 # Commands that live in their own module (their module imports only click at the top).
 app.add_command(trust)
+app.add_command(graph)
 
 
 def run() -> None:
