@@ -294,3 +294,39 @@ share = false
         assert [s.name for s in Catalog.from_json(body).services] == ["api"]
         refused, _, _ = http(mesh_port, "x", "/", {"X-DevMesh-Service": "secret-admin"})
         assert refused == 404
+
+
+def test_the_events_stream_and_metrics_follow_a_peer_joining_and_leaving(tmp_path: Path) -> None:
+    from websockets.sync.client import connect
+
+    mesh_port = free_port()
+    alice, bob = project_in(tmp_path, "alice"), project_in(tmp_path, "bob")
+    offering_agent(alice, mesh_port=mesh_port)
+    following_agent(bob, peer_port=mesh_port)
+    with running_agent(bob) as following:
+        admin = following.status()["agent"]["admin"]
+        with connect(f"ws://{admin}/api/v1/events", open_timeout=5) as stream:
+            assert json.loads(stream.recv(timeout=5))["type"] == "hello"
+
+            def next_event(kind: str, timeout: float) -> dict[str, object]:
+                deadline = time.monotonic() + timeout
+                while (remaining := deadline - time.monotonic()) > 0:
+                    event = json.loads(stream.recv(timeout=remaining))
+                    if event["type"] == kind:
+                        return dict(event)
+                raise AssertionError(f"no {kind} event within {timeout} s")
+
+            with running_agent(alice) as offering:
+                joined = next_event("peer", 15)
+                assert joined["event"] == "joined" and isinstance(joined["peers"], list)
+                alice_id = joined["peer"]
+                served = next_event("service", 5)  # alice's api, now reachable from bob
+                assert served["service"]["name"] == "api" and served["service"]["origin"] == "peer"  # type: ignore[index]
+                assert served["service"]["endpoints"][0]["peer"] == alice_id  # type: ignore[index]
+                _, _, metrics = http(int(admin.rpartition(":")[2]), admin, "/metrics")
+                assert b"devmesh_peers 1.0" in metrics
+                assert b'devmesh_service_up{origin="peer",service="api"} 1.0' in metrics
+                offering.process.send_signal(signal.SIGTERM)
+                left = next_event("peer", 10)
+                assert left == {**left, "event": "left", "peer": alice_id}
+                offering.process.wait(15)
