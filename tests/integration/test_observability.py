@@ -219,6 +219,7 @@ def test_the_events_stream_delivers_a_crash_within_a_second(project: Project) ->
             assert time.monotonic() - killed_at < 1.0
             assert crash["previous"] == {"state": "running", "health": "healthy"}
             assert crash["service"]["detail"] == "killed by signal 9"
+            assert crash["revision"] > hello["status"]["agent"]["revision"]
             back = receive(
                 stream,
                 lambda event: event["type"] == "service" and event["service"]["health"] == "healthy",

@@ -511,7 +511,9 @@ class Agent:
     def _send_service_changes(self) -> None:
         """A `service` event for each service whose status differs from what the stream last said."""
         current = {entry.name: entry.model_dump() for entry in self.status().services}
+        revision = self.state.snapshot.revision
         for event in service_events(self._sent_statuses, current, time.time()):
+            event["revision"] = revision  # the snapshot it describes, as in status's agent.revision
             self.events.publish(event)
         self._sent_statuses = current
 

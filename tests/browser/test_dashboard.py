@@ -1,0 +1,426 @@
+"""The dashboard at the admin address, in a real browser (Debian's Chromium, driven by Playwright), against
+a real agent running the example shop. The page gets its state only from the events stream; these tests
+check that what happens to the mesh reaches the DOM within a second, and that its buttons act.
+
+The tests of a worker share one agent and one page (module scope), and each stands alone: it leaves the
+shop as it found it, so any order and any split across xdist workers works.
+Set DEVMESH_DASHBOARD_SCREENSHOTS=docs/images to also write the screenshots the docs use.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from support import AgentProcess, Project, free_port, http, running_agent, wait_for
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+SHOP = Path(__file__).resolve().parents[2] / "examples" / "shop"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = os.environ.get("DEVMESH_DASHBOARD_SCREENSHOTS")
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (scripts/test installs it when root)"
+)
+
+
+def shop(project: Project, admin: str = "127.0.0.1:0") -> int:
+    """The example shop in the project's folder, its proxy on a free port (returned)."""
+    shutil.copytree(SHOP, project.root, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".devmesh"))
+    listen = free_port()
+    project.write(f'[proxy]\nadmin = "{admin}"\nlisten = "127.0.0.1:{listen}"\n', name="devmesh.local.toml")
+    return listen
+
+
+def open_dashboard(browser: Browser, agent: AgentProcess) -> Page:
+    """The dashboard as `devmesh dashboard` opens it: the admin address, the token in the fragment."""
+    client = agent.client
+    assert client.token, "the agent wrote no token"
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(f"http://{client.record.admin}/#token={client.token}", timeout=20_000)
+    return page
+
+
+@dataclass
+class Dashboard:
+    agent: AgentProcess
+    browser: Browser
+    page: Page
+    admin: str  # host:port of the admin API, which serves the dashboard
+    listen: int  # the proxy
+
+    def row(self, service: str) -> str:
+        return f'#services tr[data-service="{service}"]'
+
+    def field(self, service: str, name: str) -> str:
+        return f'{self.row(service)} [data-field="{name}"]'
+
+    def text(self, selector: str) -> str:
+        return self.page.inner_text(selector).strip()
+
+    def shows(self, expression: str, timeout_ms: int = 10_000) -> None:
+        """Wait (bounded) until a JS expression over the page is true."""
+        self.page.wait_for_function(expression, timeout=timeout_ms)
+
+    def state_is(self, service: str, state: str, timeout_ms: int = 10_000) -> None:
+        cell = self.field(service, "state")
+        self.shows(f"document.querySelector('{cell}')?.textContent === '{state}'", timeout_ms)
+
+    def dashboard_state(self) -> dict[str, Any]:
+        return dict(self.page.evaluate("({...window.devmeshDashboard})"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Iterator[Dashboard]:
+    project = Project((tmp_path_factory.mktemp("dashboard") / "project").resolve())
+    project.root.mkdir()
+    listen = shop(project)
+    with running_agent(project) as agent:
+        agent.wait_healthy(timeout=30)
+        page = open_dashboard(browser, agent)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            yield Dashboard(agent, browser, page, agent.client.record.admin, listen)
+        finally:
+            page.close()
+        assert not errors, f"the page threw: {errors}"
+
+
+class Traffic:
+    """Requests through the proxy from background threads: the shop's page, its api (an order goes on to
+    payments) and a missing path (404), until stopped."""
+
+    def __init__(self, listen: int) -> None:
+        self.listen = listen
+        self.stop = threading.Event()
+        self.sent = 0
+        self.threads = [
+            threading.Thread(target=self._loop, args=(plan,), daemon=True)
+            for plan in (
+                [
+                    ("web", "GET", "/", b""),
+                    ("api", "GET", "/api/products", b""),
+                    ("api", "GET", "/nope", b""),
+                ],
+                [("api", "POST", "/api/orders", b'{"product_id": 2}')],
+            )
+        ]
+
+    def _loop(self, plan: list[tuple[str, str, str, bytes]]) -> None:
+        while not self.stop.is_set():
+            for service, method, target, body in plan:
+                headers = {"Content-Type": "application/json"} if body else None
+                try:
+                    http(
+                        self.listen,
+                        f"{service}.localhost:{self.listen}",
+                        target,
+                        headers,
+                        method=method,
+                        body=body,
+                        timeout=5,
+                    )
+                    self.sent += 1
+                except OSError:
+                    pass
+            self.stop.wait(0.02)
+
+    def __enter__(self) -> Traffic:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10)
+
+
+def save_screenshots(page: Page, folder: Path) -> None:
+    """The pictures in the docs: the dashboard after ~40 s of traffic on the shop, and its topology."""
+    time.sleep(40)  # the charts fill up
+    folder.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": 1440, "height": 1200})
+    page.evaluate("window.scrollTo(0, 0)")
+    box = page.locator('canvas[data-chart="rps"]').bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] * 0.78, box["y"] + box["height"] * 0.5)  # the chart's tooltip
+    time.sleep(1.2)
+    page.screenshot(path=str(folder / "dashboard.png"))
+    page.locator(".panel-topology").screenshot(path=str(folder / "dashboard-topology.png"))
+    page.mouse.move(0, 0)
+    page.set_viewport_size({"width": 1440, "height": 900})
+
+
+def test_the_dashboard_lists_the_shops_services_and_topology(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    dashboard.shows("document.querySelector('#connection').dataset.state === 'live'")
+    assert "#token" not in page.url  # the token moved to sessionStorage, out of the address bar
+    assert dashboard.text("#mesh-name") == "shop"
+    for name in ("payments", "api", "events", "web"):
+        dashboard.state_is(name, "running")
+        assert dashboard.text(dashboard.field(name, "health")) == "healthy"
+        assert page.get_attribute(dashboard.field(name, "name"), "href") == (
+            f"http://{name}.localhost:{dashboard.listen}"
+        )
+        assert dashboard.text(dashboard.field(name, "origin")) == "local"
+    assert dashboard.text(dashboard.field("api", "version")) == "1.4.2"
+    # The topology: a node per service, an arrow per depends_on (web -> api, web -> events, api -> payments).
+    for name in ("payments", "api", "events", "web"):
+        page.wait_for_selector(f'#topology svg g[data-service="{name}"]', timeout=5_000)
+    edges = page.eval_on_selector_all(
+        "#topology svg path.e-dep", "paths => paths.map(p => `${p.dataset.from}>${p.dataset.to}`).sort()"
+    )
+    assert edges == ["api>payments", "web>api", "web>events"]
+    assert "h-healthy" in (page.get_attribute('#topology svg g[data-service="api"]', "class") or "")
+
+    # Opened without the token, the same page is read-only and says how to act.
+    context = dashboard.browser.new_context()
+    try:
+        reader = context.new_page()
+        reader.goto(f"http://{dashboard.admin}/", timeout=20_000)
+        reader.wait_for_selector(dashboard.row("api"), timeout=10_000)
+        assert reader.is_visible("#readonly")
+        restart = f'{dashboard.row("api")} button[data-action="restart"]'
+        assert reader.is_disabled(restart)
+        assert "devmesh dashboard" in (reader.get_attribute(restart, "title") or "")
+    finally:
+        context.close()
+
+
+def test_a_crash_shows_within_a_second(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    pid = dashboard.agent.service("events")["pid"]
+    row = dashboard.row("events")
+    dashboard.shows(f"document.querySelector('{row}').dataset.pid === '{pid}'")
+    page.evaluate(
+        """(selector) => {
+            const cell = document.querySelector(selector);
+            window.__eventsStates = [];
+            new MutationObserver(() => window.__eventsStates.push(cell.textContent))
+                .observe(cell, {childList: true, characterData: true, subtree: true});
+        }""",
+        dashboard.field("events", "state"),
+    )
+
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    cell = dashboard.field("events", "state")
+    page.wait_for_function(f"document.querySelector('{cell}').textContent !== 'running'", timeout=1_000)
+    seen_after = time.monotonic() - killed
+    assert seen_after < 1.0, f"the crash reached the page after {seen_after:.2f}s"
+    assert dashboard.text(cell) in ("crashed", "starting")
+
+    # restart = "on-failure": the agent starts it again, and the row follows with the new pid.
+    dashboard.state_is("events", "running", timeout_ms=15_000)
+    assert "crashed" in page.evaluate("window.__eventsStates")
+    new_pid = dashboard.agent.service("events")["pid"]
+    assert new_pid != pid
+    dashboard.shows(f"document.querySelector('{row}').dataset.pid === '{new_pid}'", 5_000)
+    assert int(dashboard.text(dashboard.field("events", "restarts"))) >= 1
+    assert "events" in dashboard.text("#activity")
+
+
+def test_the_buttons_restart_stop_and_start_a_service(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    before = dashboard.agent.service("api")
+    page.click(f'{dashboard.row("api")} button[data-action="restart"]')
+    row = dashboard.row("api")
+    dashboard.shows(
+        f"document.querySelector('{row}').dataset.pid !== '{before['pid']}'"
+        f" && document.querySelector('{row}').dataset.state === 'running'",
+        15_000,
+    )
+    after = dashboard.agent.service("api")
+    assert after["pid"] != before["pid"]
+    assert page.get_attribute(row, "data-pid") == str(after["pid"])
+    restarts = dashboard.field("api", "restarts")
+    dashboard.shows(f"document.querySelector('{restarts}').textContent === '{after['restarts']}'", 3_000)
+
+    page.click(f'{dashboard.row("events")} button[data-action="stop"]')
+    dashboard.state_is("events", "stopped")
+    assert dashboard.agent.service("events")["state"] == "stopped"
+    start = f'{dashboard.row("events")} button[data-action="start"]'
+    assert page.is_visible(start)
+    page.click(start)
+    dashboard.state_is("events", "running", timeout_ms=15_000)
+
+
+def test_the_pin_menu_pins_and_clears_a_route(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    menu = f'{dashboard.row("api")} select[data-action="pin"]'
+    pin = dashboard.field("api", "pin")
+    page.select_option(menu, "local")
+    dashboard.shows(f"document.querySelector('{pin}').textContent === 'local'", 5_000)
+    assert dashboard.agent.client.get("/api/v1/routes") == {"api": "local"}
+    page.select_option(menu, "")
+    dashboard.shows(f"document.querySelector('{pin}').textContent === ''", 5_000)
+    assert dashboard.agent.client.get("/api/v1/routes") == {}
+
+
+def test_the_charts_and_requests_move_under_traffic(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    rps = "document.querySelector('canvas[data-chart=\"rps\"]')"
+    samples = dashboard.dashboard_state()["samples"]
+    end = page.get_attribute('canvas[data-chart="rps"]', "data-end")
+    with Traffic(dashboard.listen) as traffic:
+        dashboard.shows(f"parseFloat({rps}.dataset.lastRps) > 0", 6_000)
+        dashboard.shows(
+            f"parseFloat(document.querySelector('{dashboard.field('api', 'rps')}').dataset.rps) > 0", 3_000
+        )
+        dashboard.shows(
+            "parseFloat(document.querySelector('canvas[data-chart=\"latency\"]').dataset.lastP95) > 0", 3_000
+        )
+        # a traffic message a second, each one drawn
+        dashboard.shows(f"window.devmeshDashboard.samples >= {samples + 2}", 4_000)
+        if SCREENSHOTS:
+            save_screenshots(page, Path(__file__).resolve().parents[2] / SCREENSHOTS)
+    assert traffic.sent > 0
+    assert page.get_attribute('canvas[data-chart="rps"]', "data-end") != end  # the charts moved on
+    assert int(page.get_attribute('canvas[data-chart="rps"]', "data-points") or 0) >= 2
+    line = page.get_attribute(f"{dashboard.row('api')} .spark .line", "d") or ""
+    assert line and line != "M0,19L59,19"  # the sparkline is no longer flat
+
+    # The recent requests, newest first, filtered by service and status class, then by one trace.
+    page.wait_for_selector('#requests tbody tr[data-service="api"]', timeout=5_000)
+    page.select_option("#req-service", "api")
+    page.select_option("#req-status", "4")
+    dashboard.shows(
+        "(rows => rows.length > 0 && rows.every(r => r.dataset.service === 'api' && r.dataset.status[0] === '4'))"
+        "([...document.querySelectorAll('#requests tbody tr')])",
+        3_000,
+    )
+    statuses = page.eval_on_selector_all(
+        "#requests tbody tr", "rows => rows.map(r => `${r.dataset.service} ${r.dataset.status}`)"
+    )
+    assert statuses and all(s.startswith("api 4") for s in statuses), statuses
+    times = page.eval_on_selector_all(
+        "#requests tbody tr td.c-time", "cells => cells.map(c => c.textContent)"
+    )
+    assert times == sorted(times, reverse=True)
+    trace = page.get_attribute("#requests tbody tr:first-child td.c-trace", "data-trace") or ""
+    assert trace
+    page.select_option("#req-status", "")
+    page.fill("#req-trace", trace)
+    dashboard.shows("document.querySelectorAll('#requests tbody tr').length === 1", 3_000)
+    page.click("#requests tbody tr:first-child td.c-path")  # a row opens its details and headers
+    page.wait_for_selector("#request-detail:not([hidden])", timeout=3_000)
+    dashboard.shows(
+        "document.querySelector('#request-detail .rd-headers')?.textContent.toLowerCase().includes('host')",
+        5_000,
+    )
+    assert trace in dashboard.text("#request-detail")
+    page.fill("#req-trace", "")
+    page.select_option("#req-service", "")
+
+
+def test_a_hundred_services_stay_responsive(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    client = dashboard.agent.client
+    port = dashboard.agent.service("payments")["port"]
+    started = time.monotonic()
+    for index in range(100):
+        client.post(
+            "/api/v1/register", {"name": f"load-{index:03d}", "port": port, "version": f"0.{index}.0"}
+        )
+    dashboard.shows("document.querySelectorAll('#services tbody tr').length === 104", 10_000)
+    assert time.monotonic() - started < 15
+    assert dashboard.text(dashboard.field("load-042", "version")) == "0.42.0"
+    assert dashboard.text(dashboard.field("load-042", "origin")) == "registered"
+    page.wait_for_selector('#topology svg g[data-service="load-099"]', timeout=5_000)
+
+    # With 104 rows, an event still reaches the DOM within a second.
+    pid = dashboard.agent.service("payments")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    cell = dashboard.field("payments", "state")
+    page.wait_for_function(f"document.querySelector('{cell}').textContent !== 'running'", timeout=1_000)
+    # And the page keeps up: a render of a second of traffic for 104 services stays far below a frame
+    # budget of a slow machine, and typing in the filter answers at once.
+    samples = dashboard.dashboard_state()["samples"]
+    dashboard.shows(f"window.devmeshDashboard.samples >= {samples + 2}", 4_000)
+    assert dashboard.dashboard_state()["renderMs"] < 250
+    page.fill("#service-filter", "load-07")
+    dashboard.shows(
+        "[...document.querySelectorAll('#services tbody tr')].filter(r => !r.hidden).length === 10", 1_000
+    )
+    page.fill("#service-filter", "")
+    dashboard.state_is("payments", "running", timeout_ms=15_000)
+    wait_for(
+        lambda: dashboard.agent.service("payments")["state"] == "running", timeout=5, what="payments back"
+    )
+
+    # They leave as they came, one `service_removed` each.
+    for index in range(100):
+        client.delete(f"/api/v1/register/load-{index:03d}")
+    dashboard.shows("document.querySelectorAll('#services tbody tr').length === 4", 10_000)
+    assert page.query_selector('#topology svg g[data-service="load-099"]') is None
+
+
+def test_the_page_reconnects_and_the_new_hello_replaces_everything(
+    project: Project, browser: Browser
+) -> None:
+    # Its own agent, on a fixed admin port: the page must find the next agent at the same address.
+    shop(project, admin=f"127.0.0.1:{free_port()}")
+    with running_agent(project) as agent:
+        agent.wait_healthy(timeout=30)
+        page = open_dashboard(browser, agent)
+        try:
+            dashboard = Dashboard(agent, browser, page, agent.client.record.admin, 0)
+            dashboard.shows("document.querySelector('#connection').dataset.state === 'live'")
+            port = agent.service("payments")["port"]
+            agent.client.post("/api/v1/register", {"name": "visitor", "port": port})
+            page.wait_for_selector(dashboard.row("visitor"), timeout=5_000)
+            old_pid = agent.service("api")["pid"]
+            agent.stop()
+            dashboard.shows("document.querySelector('#connection').dataset.state === 'disconnected'", 5_000)
+            assert "disconnected" in dashboard.text("#connection")
+
+            # The next agent: the page finds it (backoff <= 5 s) and its hello replaces the whole state:
+            # the registered service was the old agent's, the pids are new.
+            with running_agent(project) as again:
+                again.wait_healthy(timeout=30)
+                dashboard.shows(
+                    "window.devmeshDashboard.hellos >= 2"
+                    " && document.querySelector('#connection').dataset.state === 'live'",
+                    15_000,
+                )
+                dashboard.shows("document.querySelectorAll('#services tbody tr').length === 4", 5_000)
+                assert page.query_selector(dashboard.row("visitor")) is None
+                new_pid = again.service("api")["pid"]
+                assert new_pid != old_pid
+                row = dashboard.row("api")
+                dashboard.shows(f"document.querySelector('{row}').dataset.pid === '{new_pid}'", 5_000)
+        finally:
+            page.close()
