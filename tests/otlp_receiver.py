@@ -1,9 +1,12 @@
 """An in-process OTLP/HTTP trace receiver for the tests: a real HTTP server on 127.0.0.1 that takes
-`POST /v1/traces` (protobuf, as OTLPSpanExporter sends it), answers as a collector does and keeps the spans.
+`POST /v1/traces` (protobuf, as an OTLP/HTTP exporter sends it), answers as a collector does and keeps the spans.
 
     with otlp_receiver() as receiver:
         ... export to receiver.url ...
         span = receiver.wait_for_span(lambda span: span.name == "GET api")
+
+`receiver.answers` scripts failures: each POST first takes the next (status, headers) there, if any, and
+answers it instead of taking the spans (a collector that is overloaded, say).
 """
 
 from __future__ import annotations
@@ -76,12 +79,26 @@ class OtlpReceiver:
         self.spans: list[ReceivedSpan] = []
         self.requests = 0  # export requests received
         self.errors: list[str] = []  # what was wrong with a request the receiver refused
+        self.bodies: list[bytes] = []  # the export requests taken, as sent (decompressed)
+        self.headers: list[dict[str, str]] = []  # every POST's headers (names lower-cased)
+        self.answers: list[tuple[int, dict[str, str]]] = []  # scripted answers for the next POSTs
         self._changed = threading.Condition()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver._changed:
+                    receiver.headers.append({name.lower(): value for name, value in self.headers.items()})
+                    scripted = receiver.answers.pop(0) if receiver.answers else None
+                if scripted is not None:
+                    status, headers = scripted
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 problem = receiver._take(self.path, self.headers.get("Content-Type", ""), self.headers, body)
                 if problem is not None:
                     self.send_error(400 if problem != "not found" else 404, problem)
@@ -134,6 +151,7 @@ class OtlpReceiver:
                 ]
                 with self._changed:
                     self.requests += 1
+                    self.bodies.append(body)
                     self.spans.extend(received)
                     self._changed.notify_all()
                 return None

@@ -3,14 +3,17 @@ real (in-process) receiver."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from devmesh.observe import tracing
@@ -219,7 +222,71 @@ def test_the_access_log_hands_every_record_to_the_tracer(
     assert receiver.wait_for_span().span_id == PROXY_SPAN
 
 
+def test_spans_go_out_in_batches(receiver: OtlpReceiver, tracer: RequestTracer) -> None:
+    count = tracing.MAX_BATCH * 2 + 100
+    for request_id in range(count):
+        tracer.record(request(id=request_id, traceparent=f"00-{TRACE}-{request_id + 1:016x}-01"))
+    tracer.close()
+    assert len(receiver.spans) == count
+    sizes = [
+        len(ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans)
+        for body in receiver.bodies
+    ]
+    assert len(sizes) >= 3 and max(sizes) <= tracing.MAX_BATCH
+
+
+def test_under_steady_load_partial_batches_go_out_once_per_schedule(
+    receiver: OtlpReceiver, tracer: RequestTracer
+) -> None:
+    # ~2,000 requests a second for 1.5 s: full batches, and a partial one per SCHEDULE_DELAY_S at most,
+    # not a POST of a few spans whenever the last one ends.
+    count, started = 0, time.monotonic()
+    while time.monotonic() - started < 1.5:
+        for _ in range(2):  # continuously, as a proxy hands them over
+            count += 1
+            tracer.record(request(id=count, traceparent=f"00-{TRACE}-{count:016x}-01"))
+        time.sleep(0.001)
+    receiver.wait_for_spans(count)
+    most = count // tracing.MAX_BATCH + int(1.5 / tracing.SCHEDULE_DELAY_S) + 3
+    assert receiver.requests <= most, f"{receiver.requests} exports for {count} spans"
+
+
+def test_an_overloaded_collector_gets_the_spans_when_it_recovers(
+    receiver: OtlpReceiver, tracer: RequestTracer
+) -> None:
+    receiver.answers = [(503, {"Retry-After": "0"}), (429, {"Retry-After": "0.1"})]
+    tracer.record(request())
+    assert receiver.wait_for_span().span_id == PROXY_SPAN
+    assert len(receiver.headers) == 3
+
+
+def test_a_collector_that_is_down_is_one_warning_not_one_per_span(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nobody = probe.getsockname()[1]
+    monkeypatch.setattr(tracing, "EXPORT_TIMEOUT_S", 0.2)
+    with caplog.at_level(logging.DEBUG, logger="devmesh.observe"):
+        tracer = RequestTracer(f"http://127.0.0.1:{nobody}", mesh="shop", peer_id="a")
+        try:
+            for round_ in range(3):  # three exports, each failing
+                for request_id in range(100):
+                    tracer.record(
+                        request(
+                            id=request_id, traceparent=f"00-{TRACE}-{round_ * 100 + request_id + 1:016x}-01"
+                        )
+                    )
+                time.sleep(tracing.SCHEDULE_DELAY_S + 0.3)
+        finally:
+            tracer.close()
+    warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "failed" in warnings[0].getMessage()
+    assert len(caplog.records) >= 3  # the later failures at debug level
+
+
 def test_a_collector_that_does_not_answer_blocks_neither_the_proxy_nor_close() -> None:
+    before = set(threading.enumerate())
     # Connections to it are accepted by the kernel, and nothing ever answers.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -241,6 +308,10 @@ def test_a_collector_that_does_not_answer_blocks_neither_the_proxy_nor_close() -
             tracer.close()
             closing = time.monotonic() - started
         assert closing < tracing.CLOSE_TIMEOUT_S + 1
+        # The export in flight was given up: the exporter's thread has ended.
+        assert [
+            thread for thread in set(threading.enumerate()) - before if thread.name == "devmesh-otlp"
+        ] == []
 
 
 def test_load_tracer_makes_a_tracer(receiver: OtlpReceiver) -> None:
