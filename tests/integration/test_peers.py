@@ -330,3 +330,25 @@ def test_the_events_stream_and_metrics_follow_a_peer_joining_and_leaving(tmp_pat
                 left = next_event("peer", 10)
                 assert left == {**left, "event": "left", "peer": alice_id}
                 offering.process.wait(15)
+
+
+def test_a_partition_scenario_cuts_one_peer_off_for_its_duration(tmp_path: Path) -> None:
+    from support import devmesh
+
+    mesh_port = free_port()
+    alice, bob = project_in(tmp_path, "alice"), project_in(tmp_path, "bob")
+    offering_agent(alice, mesh_port=mesh_port)
+    bob_listen = following_agent(bob, peer_port=mesh_port)
+    with running_agent(alice) as offering, running_agent(bob) as following:
+        offering.wait_healthy("api")
+        wait_for(lambda: _healthy(following, "api"), timeout=10, what="alice's api in bob's mesh")
+        alice_id = following.status()["peers"][0]["peer"]
+        started = devmesh(
+            "chaos", "run", f"partition:{alice_id}", "--duration", "30s", "--detach", cwd=bob.root
+        )
+        assert started.returncode == 0, started.stderr
+        assert http(bob_listen, "api.localhost", "/")[0] == 503  # known, but out of reach
+        assert _service(following, "api")["endpoints"] == []
+        assert http(mesh_port, "x", "/")[0] == 401  # alice herself is untouched: only bob's view is cut
+        assert devmesh("chaos", "stop", f"partition:{alice_id}", cwd=bob.root).returncode == 0
+        assert http(bob_listen, "api.localhost", "/hello")[0] == 200

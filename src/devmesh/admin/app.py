@@ -20,14 +20,18 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from devmesh import __version__
 from devmesh.admin.models import (
     ActionResult,
+    FaultSpec,
     Problem,
     Registration,
     ReplayResult,
     RoutePin,
+    ScenarioRunRequest,
     ServiceStatus,
     StatusDocument,
 )
 from devmesh.config.schema import HealthSection
+from devmesh.faults.book import FaultError, policy_from_section
+from devmesh.faults.policy import FaultPolicy
 from devmesh.observe.events import EventHub
 from devmesh.supervisor.manager import SupervisorError
 
@@ -90,6 +94,22 @@ class AgentControl(Protocol):
 
     def metrics(self) -> bytes: ...
 
+    def fault_list(self) -> list[dict[str, object]]: ...
+
+    def add_fault(self, policy: FaultPolicy) -> None: ...
+
+    def remove_fault(self, name: str) -> None: ...
+
+    def set_fault_enabled(self, name: str, enabled: bool) -> None: ...
+
+    def clear_faults(self) -> None: ...
+
+    def scenario_list(self) -> list[dict[str, object]]: ...
+
+    def run_scenario(self, name: str, duration_s: float | None) -> dict[str, object]: ...
+
+    def stop_scenario(self, name: str) -> None: ...
+
 
 def _host_is_loopback(host_header: str) -> bool:
     host = host_header.strip().lower()
@@ -139,6 +159,10 @@ def create_admin_app(agent: AgentControl) -> FastAPI:
 
     @app.exception_handler(SupervisorError)
     async def supervisor_error(_request: Request, error: SupervisorError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.exception_handler(FaultError)
+    async def fault_error(_request: Request, error: FaultError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=error.status)
 
     @app.exception_handler(HTTPException)
@@ -215,6 +239,59 @@ def create_admin_app(agent: AgentControl) -> FastAPI:
     async def replay(request_id: int) -> ReplayResult:
         """Send a recorded request again through the proxy, with its original headers."""
         return ReplayResult.model_validate(await agent.replay(request_id))
+
+    @app.get("/api/v1/faults")
+    async def faults() -> list[dict[str, object]]:
+        """Every fault: the config's (switched on or off), those added at run time, those of scenarios."""
+        return agent.fault_list()
+
+    @app.post("/api/v1/faults", dependencies=writes, responses=problems, status_code=201)
+    async def add_fault(body: FaultSpec) -> ActionResult:
+        services = {entry.name for entry in agent.status().services}
+        if body.service not in services:
+            raise HTTPException(
+                status_code=404,
+                detail=f"no service named {body.service!r} (services: {', '.join(sorted(services)) or 'none'})",
+            )
+        agent.add_fault(policy_from_section(body.name, body, source="runtime"))
+        return ActionResult(service=body.service, action=f"fault {body.name} added")
+
+    @app.delete("/api/v1/faults", dependencies=writes, responses=problems)
+    async def clear_faults() -> ActionResult:
+        """Everything off: run-time faults removed, config faults switched off, scenarios stopped."""
+        agent.clear_faults()
+        return ActionResult(service="*", action="faults cleared")
+
+    @app.delete("/api/v1/faults/{name}", dependencies=writes, responses=problems)
+    async def remove_fault(name: str) -> ActionResult:
+        """A run-time fault goes; a config fault is switched off until the config changes."""
+        agent.remove_fault(name)
+        return ActionResult(service="*", action=f"fault {name} removed")
+
+    @app.post("/api/v1/faults/{name}/enable", dependencies=writes, responses=problems)
+    async def enable_fault(name: str) -> ActionResult:
+        agent.set_fault_enabled(name, True)
+        return ActionResult(service="*", action=f"fault {name} enabled")
+
+    @app.post("/api/v1/faults/{name}/disable", dependencies=writes, responses=problems)
+    async def disable_fault(name: str) -> ActionResult:
+        agent.set_fault_enabled(name, False)
+        return ActionResult(service="*", action=f"fault {name} disabled")
+
+    @app.get("/api/v1/scenarios")
+    async def scenarios() -> list[dict[str, object]]:
+        """Scenarios to run (the config's and the built-in ones) and, in status, the running ones."""
+        return agent.scenario_list()
+
+    @app.post("/api/v1/scenarios/{name}/run", dependencies=writes, responses=problems)
+    async def run_scenario(name: str, body: ScenarioRunRequest | None = None) -> dict[str, object]:
+        """Turn a scenario on; the agent turns it off when its time is up."""
+        return agent.run_scenario(name, body.duration if body is not None else None)
+
+    @app.delete("/api/v1/scenarios/{name}", dependencies=writes, responses=problems)
+    async def stop_scenario(name: str) -> ActionResult:
+        agent.stop_scenario(name)
+        return ActionResult(service="*", action=f"scenario {name} stopped")
 
     @app.get("/metrics", include_in_schema=True, response_class=Response)
     async def metrics() -> Response:

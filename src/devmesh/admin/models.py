@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from devmesh.config.schema import HealthSection, Port
+from devmesh.config.schema import FaultSection, HealthSection, Port, PositiveDuration
 
 
 class EndpointStatus(BaseModel):
@@ -53,6 +53,20 @@ class StatusDocument(BaseModel):
     agent: AgentInfo | None
     services: list[ServiceStatus]
     peers: list[dict[str, object]] = Field(default_factory=list)
+    faults: list[dict[str, object]] = Field(default_factory=list)
+    scenarios: list[dict[str, object]] = Field(default_factory=list)  # running ones, with ends_at
+
+
+class FaultSpec(FaultSection):
+    """A fault added at run time: a `[faults.NAME]` table with its name."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+
+
+class ScenarioRunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    duration: PositiveDuration | None = None  # default: the scenario's own, or 60 s
 
 
 class Registration(BaseModel):

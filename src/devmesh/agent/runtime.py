@@ -38,6 +38,8 @@ from devmesh.agent.paths import (
 from devmesh.config import ConfigError, LoadedConfig, load_config
 from devmesh.config.schema import HealthSection, MeshConfig
 from devmesh.config.units import Address
+from devmesh.faults.book import FaultBook, policy_summary
+from devmesh.faults.policy import FaultPolicy
 from devmesh.mesh.snapshot import Endpoint, Health, MeshSnapshot, MeshState, Origin, RunState, ServiceView
 from devmesh.observe.events import Event, EventHub, TrafficSampler, service_events
 from devmesh.supervisor.guardian import Guardian
@@ -173,6 +175,8 @@ class Agent:
         self._metrics: CollectorRegistry | None = None
         self.tracer: RequestTracer | None = None
         self._logs: LogSink | None = None
+        self.faults = FaultBook(on_change=self._faults_changed)
+        self.faults.load(loaded.config)
 
     @property
     def token(self) -> str:
@@ -342,6 +346,7 @@ class Agent:
                 await self.mesh_proxy.close()
             elif mesh_socket is not None:
                 mesh_socket.close()
+            self.faults.close()
             await self.supervisor.down()
             if self.proxy is not None:
                 await self.proxy.close()
@@ -460,6 +465,7 @@ class Agent:
         }
         if loaded.config.proxy != previous.proxy or mesh_changed - live_mesh:
             logs.agent("[mesh] and [proxy] changes take effect after `devmesh down` and `devmesh up`")
+        self.faults.load(loaded.config)
         summary = await self.supervisor.apply(loaded.config)
         logs.agent(f"config reloaded: {summary}", component="config", event="config_reloaded")
         self.events.publish(
@@ -485,6 +491,7 @@ class Agent:
             mesh=self.loaded.mesh_name,
             domain=self.loaded.config.mesh.domain,
             config_error=self.config_error,
+            faults=self.faults.by_service(),
         )
         if self.proxy is not None and self.peers is not None:
             # Peers that left: requests in flight to them move to the next endpoint now, rather than
@@ -560,7 +567,7 @@ class Agent:
                     mesh_refused=lambda: (
                         self.mesh_proxy.mesh.refused if self.mesh_proxy and self.mesh_proxy.mesh else 0
                     ),
-                    faults_injected=dict,
+                    faults_injected=lambda: self.proxy.stats.faults if self.proxy is not None else {},
                     peer_id=self.peer_id,
                 )
             )
@@ -590,6 +597,15 @@ class Agent:
         for name, view in list(views.items()):
             if view.remote:
                 views[name] = replace(view, endpoints=(*view.endpoints, _remote_endpoint(name, view.remote)))
+        partitioned = self.faults.partitioned()
+        if partitioned:
+            # A partition scenario: this agent behaves as if it could not reach those peers.
+            for name, view in list(views.items()):
+                kept = tuple(e for e in view.endpoints if e.peer_id not in partitioned)
+                if len(kept) != len(view.endpoints):
+                    views[name] = replace(
+                        view, endpoints=kept, detail=view.detail or "peer partitioned by a scenario"
+                    )
         for name, pin in self._pins.items():
             pinned = views.get(name)
             if pinned is not None:
@@ -655,6 +671,65 @@ class Agent:
                 break
         return result
 
+    # -- faults and scenarios ------------------------------------------------------------------------
+
+    def fault_list(self) -> list[dict[str, object]]:
+        injected = self.proxy.stats.faults if self.proxy is not None else {}
+        return [policy_summary(policy, injected.get(policy.name, 0)) for policy in self.faults.policies()]
+
+    def add_fault(self, policy: FaultPolicy) -> None:
+        self.faults.add(policy)
+
+    def remove_fault(self, name: str) -> None:
+        self.faults.remove(name)
+
+    def set_fault_enabled(self, name: str, enabled: bool) -> None:
+        self.faults.set_enabled(name, enabled)
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def scenario_list(self) -> list[dict[str, object]]:
+        return self.faults.available()
+
+    def run_scenario(self, name: str, duration_s: float | None) -> dict[str, object]:
+        peers = {s.catalog.peer for s in self.peers.peers if s.catalog is not None} if self.peers else set()
+        run = self.faults.run(
+            name,
+            duration_s=duration_s,
+            loop=asyncio.get_running_loop(),
+            services=set(self._views()),
+            peers=peers,
+        )
+        return run.summary()
+
+    def stop_scenario(self, name: str) -> None:
+        self.faults.stop(name)
+
+    def _faults_changed(self, event: str, details: dict[str, object]) -> None:
+        """A fault or scenario changed: a new snapshot for the proxy, an event for the stream."""
+        if self.supervisor is not None:
+            self._publish()
+        kind = "scenario" if event.startswith("scenario_") else "fault"
+        self.events.publish(
+            {
+                "type": kind,
+                "time": time.time(),
+                "event": event.removeprefix("scenario_"),
+                **details,
+                "faults": self.fault_list(),
+                "scenarios": self.faults.scenarios(),
+            }
+        )
+        if self._logs is not None:
+            subject = details.get("scenario") or details.get("fault") or "all faults"
+            self._logs.agent(
+                f"{kind} {subject}: {event.removeprefix('scenario_')}",
+                component="proxy",
+                event=f"{kind}_{event.removeprefix('scenario_')}",
+                details=details,
+            )
+
     # -- pins (`devmesh route`) -----------------------------------------------------------------------
 
     @property
@@ -700,6 +775,8 @@ class Agent:
             ),
             services=[self._service_status(view) for view in views.values()],
             peers=self._peer_entries(),
+            faults=self.fault_list(),
+            scenarios=self.faults.scenarios(),
         )
 
     def _peer_entries(self) -> list[dict[str, object]]:
@@ -790,6 +867,7 @@ class Agent:
             retries=config.proxy.retries,
             peer_id=self.peer_id,
             peer_key=self._mesh_key(),
+            allow_fault_header=config.proxy.allow_fault_header,
             access_log=AccessLog(
                 self._access_log_path(),
                 config.proxy.access_log,

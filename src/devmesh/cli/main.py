@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from devmesh.cli.chaos import chaos, fault
 from devmesh.cli.graph import graph
 from devmesh.cli.trust import trust
 
@@ -653,6 +654,8 @@ def init(force: bool) -> None:
 # Commands that live in their own module (their module imports only click at the top).
 app.add_command(trust)
 app.add_command(graph)
+app.add_command(fault)
+app.add_command(chaos)
 
 
 def run() -> None:

@@ -59,6 +59,13 @@ def _check_route(value: str) -> str:
     return value
 
 
+def _check_method(value: str) -> str:
+    upper = value.upper()
+    if not upper.isalpha() or not upper.isascii():
+        raise ValueError(f"{value!r} is not an HTTP method (GET, POST, ...)")
+    return upper
+
+
 def _check_host(value: str) -> str:
     lowered = value.lower()
     if not _HOST_RE.match(lowered):
@@ -69,6 +76,7 @@ def _check_host(value: str) -> str:
 SpecifierText = Annotated[str, AfterValidator(_check_specifier)]
 Url = Annotated[str, AfterValidator(_check_url)]
 RoutePrefix = Annotated[str, AfterValidator(_check_route)]
+HttpMethod = Annotated[str, AfterValidator(_check_method)]
 HostName = Annotated[str, AfterValidator(_check_host)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -168,16 +176,20 @@ class FaultSection(Section):
     service: str
     delay: DurationRangeField | None = None
     abort: Annotated[int, Field(ge=100, le=599)] | None = None
+    outage: Literal["503", "reset"] | None = None  # answer 503, or reset the connection
     rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     paths: list[RoutePrefix] = Field(default_factory=list)
+    methods: list[HttpMethod] = Field(default_factory=list)
     headers: dict[str, str] = Field(default_factory=dict)
     bandwidth: BytesPerSecond | None = None
     enabled: bool = True
 
     @model_validator(mode="after")
     def _does_something(self) -> Self:
-        if self.delay is None and self.abort is None and self.bandwidth is None:
-            raise ValueError("a fault needs at least one of delay, abort or bandwidth")
+        if self.delay is None and self.abort is None and self.outage is None and self.bandwidth is None:
+            raise ValueError("a fault needs at least one of delay, abort, outage or bandwidth")
+        if self.abort is not None and self.outage is not None:
+            raise ValueError("a fault answers with abort or with an outage, not both")
         return self
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from devmesh.faults.policy import FaultPolicy
+
 
 class Origin(StrEnum):
     """Where an endpoint comes from."""
@@ -85,6 +87,8 @@ class MeshSnapshot:
     domain: str
     services: Mapping[str, ServiceView] = field(default_factory=lambda: MappingProxyType({}))
     config_error: str | None = None
+    # The fault policies in force, by service: read by the proxy for every request of that service.
+    faults: Mapping[str, tuple[FaultPolicy, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 SnapshotListener = Callable[[MeshSnapshot], None]
@@ -111,6 +115,7 @@ class MeshState:
         mesh: str | None = None,
         domain: str | None = None,
         config_error: str | None = None,
+        faults: Mapping[str, tuple[FaultPolicy, ...]] | None = None,
     ) -> MeshSnapshot:
         """Build and swap in the next snapshot."""
         previous = self._snapshot
@@ -120,6 +125,7 @@ class MeshState:
             domain=domain if domain is not None else previous.domain,
             services=MappingProxyType(dict(services)),
             config_error=config_error,
+            faults=MappingProxyType(dict(faults)) if faults is not None else previous.faults,
         )
         self._snapshot = snapshot
         for listener in self._listeners:

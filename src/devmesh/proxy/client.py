@@ -8,6 +8,9 @@ service slower than its client, a pipelined request waiting, or a client slower 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -355,6 +358,19 @@ class ClientConnection(asyncio.Protocol):
         for data in pending:
             upstream.write(data)
         self.resume_reading("upgrade")
+
+    def reset(self) -> None:
+        """Close with a TCP reset (the outage fault): the client sees its connection reset, not closed."""
+        if self.closed:
+            return
+        self._out = None
+        self.closed = True
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
 
     def abort_response(self) -> None:
         """End a response that cannot be completed: the client sees the connection close mid-body."""

@@ -7,9 +7,12 @@ callbacks from the client connection (request side) and the upstream connection 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from devmesh.faults.policy import FaultDecision, FaultHeaderError, FaultPolicy, decide, parse_fault_header
+from devmesh.faults.throttle import Throttle
 from devmesh.mesh.snapshot import Endpoint, Origin, RunState, ServiceView
 from devmesh.peers.catalog import CATALOG_PATH
 from devmesh.peers.signing import SERVICE_HEADER, SIGNED_HEADERS
@@ -57,6 +60,9 @@ class Exchange:
         "cookie",
         "done",
         "endpoint",
+        "fault",
+        "fault_header",
+        "fault_timer",
         "headers",
         "headers_done",
         "host",
@@ -84,6 +90,7 @@ class Exchange:
         "started",
         "sticky_cookie",
         "target",
+        "throttle",
         "trace_header",
         "trace_id",
         "traceparent",
@@ -148,6 +155,10 @@ class Exchange:
         self.done = False
         self.wait_deadline = 0.0
         self.peer_checked = False
+        self.fault_header: bytes | None = None  # X-DevMesh-Fault, honoured with allow_fault_header
+        self.fault: FaultDecision | None = None  # the faults that touch this request
+        self.fault_timer: asyncio.TimerHandle | None = None
+        self.throttle: Throttle | None = None
 
     # -- request side (called by the client connection) ---------------------------------------------
 
@@ -178,6 +189,8 @@ class Exchange:
                 self.upgrade = value
             elif lowered == b"connection":
                 self.connection_header = value
+            elif lowered == b"x-devmesh-fault":
+                self.fault_header = value
             elif lowered == b"x-devmesh-route":
                 self.route_pin = value
             elif lowered == b"cookie":
@@ -296,7 +309,66 @@ class Exchange:
                     )
                 )
                 return
+        faults = server.state.snapshot.faults.get(view.name)
+        if (faults is not None or self.fault_header is not None) and self._inject(view, endpoints, faults):
+            return
         self._forward(view, endpoints)
+
+    # -- faults -------------------------------------------------------------------------------------
+
+    def _inject(
+        self, view: ServiceView, endpoints: list[Endpoint], faults: tuple[FaultPolicy, ...] | None
+    ) -> bool:
+        """Decide the faults for this request; True when they took it over (delayed, aborted, reset)."""
+        server = self.client.server
+        policies = list(faults or ())
+        if self.fault_header is not None and server.allow_fault_header:
+            try:
+                policies.append(parse_fault_header(self.fault_header.decode("latin-1"), view.name))
+            except FaultHeaderError as error:
+                self.respond_error(ErrorPage(400, "Bad Request", str(error)))
+                return True
+        decision = decide(
+            policies, self.method.decode("latin-1"), self.target.decode("latin-1"), self.headers
+        )
+        if decision is None:
+            return False
+        self.fault = decision
+        server.stats.fault(decision.names)
+        if decision.delay_s > 0:
+            self.fault_timer = server.loop.call_later(decision.delay_s, self._after_delay, view, endpoints)
+            return True
+        return self._fault_answers(view)
+
+    def _after_delay(self, view: ServiceView, endpoints: list[Endpoint]) -> None:
+        self.fault_timer = None
+        if self.done:
+            return
+        if not self._fault_answers(view):
+            self._forward(view, endpoints)
+
+    def _fault_answers(self, view: ServiceView) -> bool:
+        """An abort or an outage answers in the service's place; True when one did."""
+        fault = self.fault
+        assert fault is not None
+        if fault.reset:
+            self.response_status = 0  # logged as a reset: no status reached the client
+            self.client.reset()
+            self._log()
+            self.done = True
+            return True
+        if fault.abort is not None:
+            self.respond_error(
+                ErrorPage(
+                    fault.abort,
+                    "Fault injected",
+                    f"devmesh's fault {fault.label!r} answered instead of {view.name}.",
+                    hint="`devmesh fault list` shows the faults; `devmesh fault rm NAME` or `devmesh fault clear` ends them",
+                    service=view.name,
+                )
+            )
+            return True
+        return False
 
     def _forward(self, view: ServiceView, endpoints: list[Endpoint]) -> None:
         server = self.client.server
@@ -585,6 +657,16 @@ class Exchange:
             self.close_after = True
         elif self.http_minor == 0:
             connection = b"keep-alive"
+        fault = self.fault
+        if fault is not None:
+            if fault.bandwidth is not None and not head_only:
+                self.throttle = Throttle(
+                    client.server.loop,
+                    fault.bandwidth,
+                    write=client.write,
+                    pause=upstream.pause_reading,
+                    resume=upstream.resume_reading,
+                )
         if self.sticky_cookie is not None and self.endpoint is not None:
             chosen = self.client.server.sticky_id(self.endpoint)
             if _cookie(self.cookie, self.sticky_cookie) != chosen:
@@ -598,6 +680,7 @@ class Exchange:
                 framing=framing,
                 served_by=self._served_by(),
                 trace_id=self.trace_id.encode(),
+                fault=fault.label.encode("latin-1") if fault is not None else b"",
                 connection=connection,
                 connection_header=upstream.connection,
             )
@@ -611,17 +694,30 @@ class Exchange:
         if not self.response_head_done or self.done:
             return
         self.response_bytes += len(body)
-        if self.response_chunked:
-            self.client.write(b"%x\r\n%b\r\n" % (len(body), body))
+        frame = b"%x\r\n%b\r\n" % (len(body), body) if self.response_chunked else body
+        if self.throttle is not None:
+            self.throttle.push(frame)
         else:
-            self.client.write(body)
+            self.client.write(frame)
 
     def on_response_end(self, upstream: UpstreamConnection) -> None:
         if not self.response_head_done or self.response_status == 101:
             return  # the end of an interim response, of one being retried, or a switch of protocols
+        reusable = upstream.parser.should_keep_alive() and self.body_complete
+        throttle = self.throttle
+        if throttle is not None and not throttle.idle:
+            # The service is done; the client gets the rest at the fault's rate, from memory.
+            self.upstream = None
+            self._release(upstream, reusable=reusable)
+            throttle.finish(self._end_response)
+            return
+        self._end_response(upstream, reusable=reusable)
+
+    def _end_response(self, upstream: UpstreamConnection | None = None, *, reusable: bool = False) -> None:
+        if self.done:
+            return
         if self.response_chunked:
             self.client.write(hdr.trailer_block(self.response_trailers))
-        reusable = upstream.parser.should_keep_alive() and self.body_complete
         self._finish(upstream, reusable=reusable)
 
     def after_upstream_feed(self, upstream: UpstreamConnection, action: str) -> None:
@@ -754,7 +850,12 @@ class Exchange:
         self.close_after = close
         self.client.write(
             response_bytes(
-                page, self.accept, trace_id=self.trace_id, close=close, head_only=self.method == b"HEAD"
+                page,
+                self.accept,
+                trace_id=self.trace_id,
+                close=close,
+                head_only=self.method == b"HEAD",
+                fault=self.fault.label if self.fault is not None else "",
             )
         )
         self._finish(None, reusable=False)
@@ -765,19 +866,26 @@ class Exchange:
         self.done = True
         self.upstream = None
         if upstream is not None:
-            if reusable:
-                self.client.server.pool.release(upstream)
-            else:
-                upstream.exchange = None
-                upstream.close()
+            self._release(upstream, reusable=reusable)
         self._log()
         self.client.exchange_done(self)
+
+    def _release(self, upstream: UpstreamConnection, *, reusable: bool) -> None:
+        if reusable:
+            self.client.server.pool.release(upstream)
+        else:
+            upstream.exchange = None
+            upstream.close()
 
     def cancel(self) -> None:
         """The client went away: cancel the request upstream (the service sees the connection reset)."""
         if self.done:
             return
         self.done = True
+        if self.fault_timer is not None:
+            self.fault_timer.cancel()
+        if self.throttle is not None:
+            self.throttle.cancel()
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
@@ -819,7 +927,7 @@ class Exchange:
                     self.parent_span,
                     self.request_bytes,
                     self.response_bytes,
-                    "",
+                    self.fault.label if self.fault is not None else "",
                     self.headers,
                 )
             )

@@ -25,11 +25,12 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Request headers the proxy sets itself, from its own view of the request.
+# X-DevMesh-Fault is the proxy's own: a request's fault is for the proxy, not for the service.
 _REPLACED_ON_REQUEST = frozenset(
-    {b"x-forwarded-proto", b"x-forwarded-host", b"x-devmesh-trace-id", b"traceparent"}
+    {b"x-forwarded-proto", b"x-forwarded-host", b"x-devmesh-trace-id", b"traceparent", b"x-devmesh-fault"}
 )
 _APPENDED_ON_REQUEST = frozenset({b"x-forwarded-for", b"forwarded", b"via"})
-_REPLACED_ON_RESPONSE = frozenset({b"x-devmesh-served-by", b"x-devmesh-trace-id"})
+_REPLACED_ON_RESPONSE = frozenset({b"x-devmesh-served-by", b"x-devmesh-trace-id", b"x-devmesh-fault"})
 
 _TRACEPARENT_RE = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _TRACE_ID_RE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
@@ -165,9 +166,11 @@ def client_response_head(
     connection: bytes | None,
     upgrade: bool = False,
     connection_header: bytes | None = None,
+    fault: bytes = b"",
 ) -> bytes:
     """The response head sent to the client. `framing`: its Content-Length or Transfer-Encoding line;
-    `connection`: a `Connection:` value to send (close, keep-alive), if any."""
+    `connection`: a `Connection:` value to send (close, keep-alive), if any; `fault`: the faults that
+    touched the response (X-DevMesh-Fault), if any."""
     lines = [b"HTTP/1.1 ", str(status).encode(), b" ", reason, b"\r\n"]
     via: list[bytes] = []
     named = _named_by_connection(headers, connection_header)
@@ -194,6 +197,8 @@ def client_response_head(
         trace_id,
         b"\r\n",
     )
+    if fault:
+        lines += (b"X-DevMesh-Fault: ", fault, b"\r\n")
     if upgrade:
         lines.append(b"Connection: Upgrade\r\n")
     elif connection is not None:

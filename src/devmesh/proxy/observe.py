@@ -131,6 +131,7 @@ class RequestStats:
         self.durations: dict[tuple[str, str], list[float]] = {}
         self.upstream_errors: dict[str, int] = {}
         self.retries: dict[str, int] = {}
+        self.faults: dict[str, int] = {}  # requests each fault touched
 
     def count(self, service: str, origin: str, status: int, duration_s: float) -> None:
         key = (service, origin, status)
@@ -143,6 +144,10 @@ class RequestStats:
 
     def upstream_error(self, service: str) -> None:
         self.upstream_errors[service] = self.upstream_errors.get(service, 0) + 1
+
+    def fault(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            self.faults[name] = self.faults.get(name, 0) + 1
 
     def retry(self, service: str) -> None:
         self.retries[service] = self.retries.get(service, 0) + 1

@@ -103,14 +103,21 @@ def _code_spans(text: str) -> str:
 
 
 def response_bytes(
-    page: ErrorPage, accept: bytes | None, *, trace_id: str = "", close: bool = True, head_only: bool = False
+    page: ErrorPage,
+    accept: bytes | None,
+    *,
+    trace_id: str = "",
+    close: bool = True,
+    head_only: bool = False,
+    fault: str = "",
 ) -> bytes:
-    """A whole HTTP/1.1 response carrying `page`."""
+    """A whole HTTP/1.1 response carrying `page`; `fault`: the faults that made it (X-DevMesh-Fault)."""
     content_type, body = render(page, accept)
     head = (
         f"HTTP/1.1 {page.status} {REASONS.get(page.status, 'Error')}\r\n"
         f"Content-Type: {content_type.decode()}\r\nContent-Length: {len(body)}\r\nCache-Control: no-store\r\n"
         f"X-DevMesh-Trace-ID: {trace_id or '-'}\r\n"
+        f"{'X-DevMesh-Fault: ' + fault + chr(13) + chr(10) if fault else ''}"
         f"{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n"
     ).encode("latin-1")
     return head if head_only else head + body

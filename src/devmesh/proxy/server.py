@@ -80,8 +80,10 @@ class ProxyServer:
         mesh: MeshPolicy | None = None,
         peer_id: str = "",
         peer_key: bytes | None = None,
+        allow_fault_header: bool = False,
     ) -> None:
         self.state = state
+        self.allow_fault_header = allow_fault_header  # [proxy] allow_fault_header
         # On the mesh port: requests come from peers, are checked by `mesh` and served locally only.
         self.mesh = mesh
         # On the way to a peer: who this agent is, and the key its requests are signed with.

@@ -1,0 +1,1 @@
+"""Fault injection: policies, the decision for a request, and the bandwidth throttle."""
