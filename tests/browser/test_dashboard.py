@@ -24,7 +24,7 @@ import pytest
 from support import AgentProcess, Project, free_port, http, running_agent, wait_for
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, ConsoleMessage, Page
 
 SHOP = Path(__file__).resolve().parents[2] / "examples" / "shop"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -43,13 +43,27 @@ def shop(project: Project, admin: str = "127.0.0.1:0") -> int:
     return listen
 
 
-def open_dashboard(browser: Browser, agent: AgentProcess) -> Page:
-    """The dashboard as `devmesh dashboard` opens it: the admin address, the token in the fragment."""
+def console_problems(page: Page) -> list[str]:
+    """The errors and warnings the page's console shows from now on (filled as they come)."""
+    problems: list[str] = []
+
+    def note(message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            problems.append(f"{message.type}: {message.text}")
+
+    page.on("console", note)
+    return problems
+
+
+def open_dashboard(browser: Browser, agent: AgentProcess) -> tuple[Page, list[str]]:
+    """The dashboard as `devmesh dashboard` opens it: the admin address, the token in the fragment. With
+    the errors and warnings of its console, from the start."""
     client = agent.client
     assert client.token, "the agent wrote no token"
     page = browser.new_page(viewport={"width": 1440, "height": 900})
+    console = console_problems(page)
     page.goto(f"http://{client.record.admin}/#token={client.token}", timeout=20_000)
-    return page
+    return page, console
 
 
 @dataclass
@@ -108,7 +122,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Ite
     listen = shop(project)
     with running_agent(project) as agent:
         agent.wait_healthy(timeout=30)
-        page = open_dashboard(browser, agent)
+        page, console = open_dashboard(browser, agent)
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         try:
@@ -116,6 +130,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Ite
         finally:
             page.close()
         assert not errors, f"the page threw: {errors}"
+        assert not console, f"the page's console: {console}"
 
 
 class Traffic:
@@ -395,7 +410,7 @@ def test_the_page_reconnects_and_the_new_hello_replaces_everything(
     shop(project, admin=f"127.0.0.1:{free_port()}")
     with running_agent(project) as agent:
         agent.wait_healthy(timeout=30)
-        page = open_dashboard(browser, agent)
+        page, console = open_dashboard(browser, agent)
         try:
             dashboard = Dashboard(agent, browser, page, agent.client.record.admin, 0)
             dashboard.shows("document.querySelector('#connection').dataset.state === 'live'")
@@ -422,5 +437,88 @@ def test_the_page_reconnects_and_the_new_hello_replaces_everything(
                 assert new_pid != old_pid
                 row = dashboard.row("api")
                 dashboard.shows(f"document.querySelector('{row}').dataset.pid === '{new_pid}'", 5_000)
+
+                # The console: nothing but Chromium's own line for each attempt the stopped agent refused
+                # (no page can silence those), and nothing at all once live again.
+                refused = f"WebSocket connection to 'ws://{dashboard.admin}/api/v1/events' failed"
+                assert all(line.startswith(f"error: {refused}") for line in console), console
+                page.wait_for_timeout(300)  # Chromium reports refused attempts late, sometimes
+                seen = len(console)
+                samples = dashboard.dashboard_state()["samples"]
+                dashboard.shows(f"window.devmeshDashboard.samples >= {samples + 2}", 4_000)
+                assert console[seen:] == []
         finally:
             page.close()
+
+
+def test_the_header_revision_follows_the_service_events(dashboard: Dashboard) -> None:
+    # The hello has the revision as of connecting; `service` and `service_removed` carry the newer ones.
+    client = dashboard.agent.client
+    rev = "#agent-meta [data-meta='rev']"
+
+    def caught_up(than: int) -> int | None:
+        shown = int(dashboard.text(f"{rev} b"))
+        return shown if shown > than and shown == dashboard.agent.status()["agent"]["revision"] else None
+
+    before = int(dashboard.text(f"{rev} b"))
+    client.post("/api/v1/register", {"name": "visitor", "port": dashboard.agent.service("payments")["port"]})
+    dashboard.page.wait_for_selector(dashboard.row("visitor"), timeout=5_000)
+    registered = wait_for(lambda: caught_up(before), timeout=5, what="the revision of the registration")
+    client.delete("/api/v1/register/visitor")
+    dashboard.shows(f"document.querySelector('{dashboard.row('visitor')}') === null", 5_000)
+    wait_for(lambda: caught_up(registered), timeout=5, what="the revision of the removal")
+    assert dashboard.page.get_attribute(rev, "title") is None  # no "as of connecting" any more
+
+
+# Keeps the page's sockets, to play the agent's side of the stream.
+SOCKET_SPY = """
+window.__sockets = [];
+window.WebSocket = class extends window.WebSocket {
+  constructor(...args) {
+    super(...args);
+    window.__sockets.push(this);
+  }
+};
+"""
+
+
+def test_a_client_too_far_behind_reconnects_at_once(dashboard: Dashboard) -> None:
+    # The agent drops a client 2,000 messages behind: an `overflow` message, then a close with 1013. The
+    # page opens its next socket right away (not after a backoff) and starts again from a new hello.
+    page = dashboard.browser.new_page()
+    page.add_init_script(SOCKET_SPY)
+    console = console_problems(page)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    live = "document.querySelector('#connection').dataset.state === 'live'"
+    try:
+        page.goto(f"http://{dashboard.admin}/", timeout=20_000)
+        page.wait_for_function(f"window.devmeshDashboard.hellos === 1 && {live}", timeout=10_000)
+        sockets = page.evaluate(
+            """() => {
+                window.__sockets.at(-1).dispatchEvent(
+                    new MessageEvent("message", {data: JSON.stringify({type: "overflow"})}));
+                return window.__sockets.length;  // connect() already ran: no timer in between
+            }"""
+        )
+        assert sockets == 2
+        page.wait_for_function(f"window.devmeshDashboard.hellos === 2 && {live}", timeout=5_000)
+        assert page.evaluate("window.__sockets[0].readyState") in (2, 3)  # closing, closed
+        assert "fell behind" in page.inner_text("#activity")
+
+        # The close alone (the agent may close without the message) does the same.
+        sockets = page.evaluate(
+            """() => {
+                const socket = window.__sockets.at(-1);
+                socket.dispatchEvent(new CloseEvent("close", {code: 1013, reason: "too far behind; reconnect"}));
+                socket.close();
+                return window.__sockets.length;
+            }"""
+        )
+        assert sockets == 3
+        page.wait_for_function(f"window.devmeshDashboard.hellos === 3 && {live}", timeout=5_000)
+        page.wait_for_selector(dashboard.row("api"), timeout=5_000)
+    finally:
+        page.close()
+    assert not errors, f"the page threw: {errors}"
+    assert not console, f"the page's console: {console}"

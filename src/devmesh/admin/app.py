@@ -323,10 +323,10 @@ def create_admin_app(agent: AgentControl) -> FastAPI:
                     getter.cancel()
                     break
                 event = getter.result()
-                if subscription.overflowed:
+                await socket.send_json(event)
+                if event["type"] == "overflow":  # the hub gave up on this client: the last message
                     await socket.close(code=1013, reason="too far behind; reconnect")
                     break
-                await socket.send_json(event)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
