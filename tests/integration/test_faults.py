@@ -215,3 +215,39 @@ duration = "30s"
         assert timed(listen, "/health")[0] < 0.25
         unknown = devmesh("chaos", "run", "meteor", cwd=project.root)
         assert unknown.returncode == 2 and "no scenario named 'meteor'" in unknown.stderr
+
+
+def test_fault_and_scenario_events_reach_the_stream(project: Project) -> None:
+    from websockets.sync.client import connect
+
+    listen = write_project(project)
+    with running_agent(project) as agent:
+        agent.wait_healthy("bulk")
+        admin = agent.status()["agent"]["admin"]
+        with connect(f"ws://{admin}/api/v1/events", open_timeout=5) as stream:
+            hello = json.loads(stream.recv(timeout=5))
+            assert hello["status"]["faults"] == [] and hello["status"]["scenarios"] == []
+
+            def next_event(kind: str, timeout: float = 3.0) -> dict[str, object]:
+                deadline = time.monotonic() + timeout
+                while (left := deadline - time.monotonic()) > 0:
+                    event = json.loads(stream.recv(timeout=left))
+                    if event["type"] == kind:
+                        return dict(event)
+                raise AssertionError(f"no {kind} event")
+
+            agent.client.post("/api/v1/faults", {"name": "boom", "service": "bulk", "abort": 502})
+            added = next_event("fault")
+            assert added["event"] == "added" and added["fault"] == "boom"
+            assert [fault["name"] for fault in added["faults"]] == ["boom"]  # type: ignore[attr-defined]
+            assert http(listen, f"bulk.localhost:{listen}", "/health")[0] == 502
+            sample = next_event("traffic")
+            while sample["faults_injected"] == {}:
+                sample = next_event("traffic")
+            assert sample["faults_injected"] == {"boom": 1}
+
+            agent.client.post("/api/v1/scenarios/slow:bulk/run", {"duration": "0.5s"})
+            started = next_event("scenario")
+            assert started["event"] == "started" and started["scenario"] == "slow:bulk"
+            ended = next_event("scenario", 3)
+            assert ended["event"] == "ended" and ended["scenarios"] == []

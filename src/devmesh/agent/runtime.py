@@ -547,6 +547,7 @@ class Agent:
             if self.proxy is None or self.proxy.access_log is None:
                 continue
             sample = self._traffic.sample(self.proxy.stats, self.proxy.access_log.recent, time.time())
+            sample["faults_injected"] = dict(self.proxy.stats.faults)  # totals, by fault name
             self.events.traffic_history.append(
                 {key: value for key, value in sample.items() if key != "requests"}
             )
