@@ -228,3 +228,20 @@ def running_agent(
 
 def load_json(text: str) -> Any:
     return json.loads(text)
+
+
+def next_event(
+    stream: Any, wanted: str | Callable[[dict[str, Any]], bool], timeout: float = 3.0
+) -> dict[str, Any]:
+    """The next message of an events stream (websockets' sync client) of type `wanted`, or for which
+    `wanted` is true, skipping the others; AssertionError after `timeout` seconds."""
+    matches = (lambda event: event["type"] == wanted) if isinstance(wanted, str) else wanted
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            event = json.loads(stream.recv(timeout=left))
+        except TimeoutError:
+            break
+        if matches(event):
+            return dict(event)
+    raise AssertionError(f"no {wanted if isinstance(wanted, str) else 'such'} event within {timeout} s")

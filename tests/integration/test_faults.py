@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Project, devmesh, free_port, http, running_agent, wait_for
+from support import Project, devmesh, free_port, http, next_event, running_agent, wait_for
 
 BULK = Path(__file__).parent.parent / "fixtures" / "bulk_service.py"
 
@@ -228,26 +228,18 @@ def test_fault_and_scenario_events_reach_the_stream(project: Project) -> None:
             hello = json.loads(stream.recv(timeout=5))
             assert hello["status"]["faults"] == [] and hello["status"]["scenarios"] == []
 
-            def next_event(kind: str, timeout: float = 3.0) -> dict[str, object]:
-                deadline = time.monotonic() + timeout
-                while (left := deadline - time.monotonic()) > 0:
-                    event = json.loads(stream.recv(timeout=left))
-                    if event["type"] == kind:
-                        return dict(event)
-                raise AssertionError(f"no {kind} event")
-
             agent.client.post("/api/v1/faults", {"name": "boom", "service": "bulk", "abort": 502})
-            added = next_event("fault")
+            added = next_event(stream, "fault")
             assert added["event"] == "added" and added["fault"] == "boom"
             assert [fault["name"] for fault in added["faults"]] == ["boom"]  # type: ignore[attr-defined]
             assert http(listen, f"bulk.localhost:{listen}", "/health")[0] == 502
-            sample = next_event("traffic")
+            sample = next_event(stream, "traffic")
             while sample["faults_injected"] == {}:
-                sample = next_event("traffic")
+                sample = next_event(stream, "traffic")
             assert sample["faults_injected"] == {"boom": 1}
 
             agent.client.post("/api/v1/scenarios/slow:bulk/run", {"duration": "0.5s"})
-            started = next_event("scenario")
+            started = next_event(stream, "scenario")
             assert started["event"] == "started" and started["scenario"] == "slow:bulk"
-            ended = next_event("scenario", 3)
+            ended = next_event(stream, "scenario", 3)
             assert ended["event"] == "ended" and ended["scenarios"] == []

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from support import Project, devmesh, free_port, http, running_agent, wait_for
+from support import Project, devmesh, free_port, http, next_event, running_agent, wait_for
 
 BULK = Path(__file__).parent.parent / "fixtures" / "bulk_service.py"
 
@@ -203,7 +203,7 @@ def test_the_events_stream_delivers_a_crash_within_a_second(project: Project) ->
             assert bulk["name"] == "bulk" and bulk["state"] == "running" and bulk["health"] == "healthy"
 
             http(listen, f"bulk.localhost:{listen}", "/health", headers={"X-DevMesh-Trace-ID": "in-a-sample"})
-            sample = receive(
+            sample = next_event(
                 stream, lambda event: event["type"] == "traffic" and "bulk" in event["services"], 3
             )
             assert sample["services"]["bulk"]["requests"] == 1 and sample["services"]["bulk"]["rps"] > 0
@@ -211,7 +211,7 @@ def test_the_events_stream_delivers_a_crash_within_a_second(project: Project) ->
 
             killed_at = time.monotonic()
             os.kill(bulk["pid"], signal.SIGKILL)
-            crash = receive(
+            crash = next_event(
                 stream,
                 lambda event: event["type"] == "service" and event["service"]["state"] == "crashed",
                 1.0,
@@ -220,7 +220,7 @@ def test_the_events_stream_delivers_a_crash_within_a_second(project: Project) ->
             assert crash["previous"] == {"state": "running", "health": "healthy"}
             assert crash["service"]["detail"] == "killed by signal 9"
             assert crash["revision"] > hello["status"]["agent"]["revision"]
-            back = receive(
+            back = next_event(
                 stream,
                 lambda event: event["type"] == "service" and event["service"]["health"] == "healthy",
                 10,
@@ -229,9 +229,9 @@ def test_the_events_stream_delivers_a_crash_within_a_second(project: Project) ->
 
             client = agent.client
             client.post("/api/v1/routes/bulk", {"pin": "local"})
-            route = receive(stream, lambda event: event["type"] == "route", 2)
+            route = next_event(stream, "route", 2)
             assert route["service"] == "bulk" and route["pin"] == "local"
-            pinned = receive(stream, lambda event: event["type"] == "service", 2)
+            pinned = next_event(stream, lambda event: event["type"] == "service", 2)
             assert pinned["service"]["pin"] == "local"
 
 
@@ -244,17 +244,3 @@ def test_the_events_stream_refuses_pages_of_other_origins(project: Project) -> N
         assert refused.value.response.status_code == 403
         with connect(f"ws://{admin}/api/v1/events", origin=f"http://{admin}", open_timeout=5) as stream:  # type: ignore[arg-type]
             assert json.loads(stream.recv(timeout=5))["type"] == "hello"
-
-
-def receive(stream: Any, wanted: Any, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no such event within {timeout} s")
-        try:
-            event = json.loads(stream.recv(timeout=remaining))
-        except TimeoutError:
-            raise AssertionError(f"no such event within {timeout} s") from None
-        if wanted(event):
-            return dict(event)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from devmesh.peers.catalog import CATALOG_PATH
 from devmesh.peers.signing import mesh_key, sign
-from support import TINY_COMMAND, Project, free_port, http, running_agent, wait_for
+from support import TINY_COMMAND, Project, free_port, http, next_event, running_agent, wait_for
 
 
 def project_in(root: Path, name: str) -> Project:
@@ -308,26 +308,18 @@ def test_the_events_stream_and_metrics_follow_a_peer_joining_and_leaving(tmp_pat
         with connect(f"ws://{admin}/api/v1/events", open_timeout=5) as stream:
             assert json.loads(stream.recv(timeout=5))["type"] == "hello"
 
-            def next_event(kind: str, timeout: float) -> dict[str, object]:
-                deadline = time.monotonic() + timeout
-                while (remaining := deadline - time.monotonic()) > 0:
-                    event = json.loads(stream.recv(timeout=remaining))
-                    if event["type"] == kind:
-                        return dict(event)
-                raise AssertionError(f"no {kind} event within {timeout} s")
-
             with running_agent(alice) as offering:
-                joined = next_event("peer", 15)
+                joined = next_event(stream, "peer", 15)
                 assert joined["event"] == "joined" and isinstance(joined["peers"], list)
                 alice_id = joined["peer"]
-                served = next_event("service", 5)  # alice's api, now reachable from bob
+                served = next_event(stream, "service", 5)  # alice's api, now reachable from bob
                 assert served["service"]["name"] == "api" and served["service"]["origin"] == "peer"  # type: ignore[index]
                 assert served["service"]["endpoints"][0]["peer"] == alice_id  # type: ignore[index]
                 _, _, metrics = http(int(admin.rpartition(":")[2]), admin, "/metrics")
                 assert b"devmesh_peers 1.0" in metrics
                 assert b'devmesh_service_up{origin="peer",service="api"} 1.0' in metrics
                 offering.process.send_signal(signal.SIGTERM)
-                left = next_event("peer", 10)
+                left = next_event(stream, "peer", 10)
                 assert left == {**left, "event": "left", "peer": alice_id}
                 offering.process.wait(15)
 
