@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from devmesh.cli.chaos import chaos, fault
+from devmesh.cli.ci import check, wait
 from devmesh.cli.graph import graph
 from devmesh.cli.trust import trust
 
@@ -654,6 +655,8 @@ def init(force: bool) -> None:
 # Commands that live in their own module (their module imports only click at the top).
 app.add_command(trust)
 app.add_command(graph)
+app.add_command(wait)
+app.add_command(check)
 app.add_command(fault)
 app.add_command(chaos)
 
