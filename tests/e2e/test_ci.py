@@ -400,8 +400,9 @@ class _StandIn(BaseHTTPRequestHandler):
 
 
 def test_smoke_decisions(project: Project) -> None:
-    from devmesh.cli.ci import FAILED, PASSED, Report, _check_smoke
     from devmesh.config import load_config
+    from devmesh.preflight.report import FAILED, PASSED, Report
+    from devmesh.preflight.smoke import check_smoke
 
     services = "".join(
         f'[services.{name}]\ncommand = "x"\nhealth = {{ http = "/{path}" }}\n'
@@ -418,7 +419,7 @@ def test_smoke_decisions(project: Project) -> None:
             for name in ("teapot", "nothing", "broken", "ok")
         }
         report = Report()
-        _check_smoke(loaded, entries, set(), f"127.0.0.1:{port}", report)
+        check_smoke(loaded, entries, set(), f"127.0.0.1:{port}", report)
     finally:
         server.shutdown()
         server.server_close()
@@ -439,6 +440,6 @@ def test_smoke_decisions(project: Project) -> None:
     )
 
     refused = Report()
-    _check_smoke(loaded, {"ok": entries["ok"]}, set(), f"127.0.0.1:{port}", refused)  # the server is gone
+    check_smoke(loaded, {"ok": entries["ok"]}, set(), f"127.0.0.1:{port}", refused)  # the server is gone
     assert refused.results[0].outcome == FAILED
     assert "failed: ConnectionRefusedError" in refused.results[0].message

@@ -124,8 +124,8 @@ class MeshSession:
     def _start(self) -> Mesh:
         from devmesh.agent.client import AdminClient, AdminError, AgentNotRunning
         from devmesh.agent.paths import StatePaths, read_agent_record, read_token
-        from devmesh.cli.ci import wait_for_mesh
         from devmesh.config import ConfigError, find_config, load_config
+        from devmesh.preflight.wait import wait_for_mesh
 
         try:
             self.config = find_config(self.search_from, explicit=self.config_hint)
@@ -204,7 +204,7 @@ class MeshSession:
             pass  # `down` kills an agent that does not stop in time; nothing more to do from here
 
     def _up(self, config: Path, deadline: float) -> None:
-        from devmesh.cli.ci import start_agent
+        from devmesh.preflight.agents import start_agent
 
         started = start_agent(config, None, deadline - time.monotonic())
         if started.pid is not None:
