@@ -32,41 +32,68 @@ function takeToken() {
 export let token = takeToken(); // "" when read-only
 
 export async function act(method, path, body) {
+  const result = await send(method, path, body);
+  if (!result.ok && result.error && !result.shown) toast(result.error, true);
+  return result.ok;
+}
+
+// The same request, for a form that shows what went wrong itself: {ok, error}. The token's own problems
+// (none, refused) and an agent that does not answer are still toasts: `shown` says so.
+export async function send(method, path, body) {
   if (!token) {
     toast(`Read-only: ${READ_ONLY_HINT}.`, true);
-    return false;
+    return { ok: false, error: `Read-only: ${READ_ONLY_HINT}.`, shown: true };
   }
   const headers = { Authorization: `Bearer ${token}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
   try {
-    const response = await fetch(path, {
+    response = await fetch(path, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
-    if (response.ok) return true;
-    let message = `${response.status} ${response.statusText}`;
-    try {
-      const problem = await response.json();
-      if (problem && problem.error) message = problem.error;
-    } catch {
-      /* not JSON */
-    }
-    if (response.status === 401) {
-      token = "";
-      try {
-        sessionStorage.removeItem(TOKEN_KEY);
-      } catch {
-        /* ignore */
-      }
-      dirty.readOnly = true;
-      schedule();
-      toast(`The agent refused the token: ${READ_ONLY_HINT}.`, true);
-    } else toast(message, true);
   } catch (error) {
-    toast(`The agent did not answer: ${error.message || error}`, true);
+    const message = `The agent did not answer: ${error.message || error}`;
+    toast(message, true);
+    return { ok: false, error: message, shown: true };
   }
-  return false;
+  if (response.ok) return { ok: true, error: null };
+  let message = `${response.status} ${response.statusText}`;
+  try {
+    message = problemText(await response.json()) || message;
+  } catch {
+    /* not JSON */
+  }
+  if (response.status === 401) {
+    token = "";
+    try {
+      sessionStorage.removeItem(TOKEN_KEY);
+    } catch {
+      /* ignore */
+    }
+    dirty.readOnly = true;
+    schedule();
+    toast(`The agent refused the token: ${READ_ONLY_HINT}.`, true);
+    return { ok: false, error: message, shown: true };
+  }
+  return { ok: false, error: message };
+}
+
+// What an error answer says: the agent's {"error": "..."}, or the body checks' {"detail": [{loc, msg}]}.
+function problemText(problem) {
+  if (!problem) return "";
+  if (problem.error) return String(problem.error);
+  if (Array.isArray(problem.detail)) {
+    return problem.detail
+      .map((item) => {
+        const where = (item.loc || []).filter((part) => part !== "body").join(".");
+        const what = String(item.msg || "").replace(/^Value error, /, "");
+        return where ? `${where}: ${what}` : what;
+      })
+      .join("; ");
+  }
+  return typeof problem.detail === "string" ? problem.detail : "";
 }
 
 export function toast(message, isError = false) {

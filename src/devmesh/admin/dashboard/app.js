@@ -1,7 +1,9 @@
 // devmesh dashboard. Plain ES modules, no build step, no network beyond the agent's own admin API.
 //
 // State comes ONLY from the WebSocket /api/v1/events (stream.js): the `hello` message replaces everything,
-// later events patch it. Nothing polls. Actions are fetch POST/DELETE with the write token (api.js); their
+// later events patch it (faults and scenarios included: `fault`, `scenario`, and the traffic messages' counts
+// of injected faults). Nothing polls; the only read besides the stream is the list of scenarios that can be
+// run, when the user opens that form. Actions are fetch POST/DELETE with the write token (api.js); their
 // results come back as events. Rendering is keyed and incremental: events mark what changed (state.js's
 // `dirty`), one requestAnimationFrame applies it: render() below.
 
@@ -9,10 +11,12 @@ import { renderActivity } from "./activity.js";
 import { token } from "./api.js";
 import { renderCharts, renderScope, renderSparklines, trafficWindow } from "./charts.js";
 import { $ } from "./dom.js";
+import { closeForms, refreshFaultActions, renderFaults, renderInjected } from "./faults.js";
 import { beat, renderHeader } from "./header.js";
 import { renderPeers } from "./peers.js";
 import { closeRequest, renderRequests } from "./requests.js";
-import { focusFilter, refreshActions, renderSelectedRow, renderServices, rows } from "./services.js";
+import { refreshScenarioActions, renderScenarios } from "./scenarios.js";
+import { focusFilter, refreshActions, renderSelectedRow, renderServiceFaults, renderServices, rows } from "./services.js";
 import { dirty, exposed, onFrame, schedule, select, state } from "./state.js";
 import { connect, reconnectNow } from "./stream.js";
 import { renderSelectedNode, renderTopology } from "./topology.js";
@@ -23,6 +27,11 @@ function render() {
   if (dirty.readOnly) renderReadOnly();
   if (dirty.header) renderHeader();
   if (dirty.removed.size || dirty.services.size || dirty.serviceSet) renderServices();
+  if (dirty.faults) {
+    renderFaults();
+    renderServiceFaults();
+  } else if (dirty.injected) renderInjected();
+  if (dirty.scenarios) renderScenarios();
   if (dirty.selection) renderSelection();
   if (dirty.traffic) renderTraffic();
   if (dirty.topology) renderTopology();
@@ -38,6 +47,8 @@ function renderReadOnly() {
   $("#readonly").hidden = Boolean(token);
   document.body.classList.toggle("is-read-only", !token);
   refreshActions();
+  refreshFaultActions();
+  refreshScenarioActions();
 }
 
 // the service the charts show: its row, its node, the charts' scope
@@ -65,7 +76,7 @@ document.addEventListener("keydown", (event) => {
     focusFilter();
   } else if (event.key === "Escape") {
     if (typing) event.target.blur();
-    else if (!closeRequest() && state.selected) select(null);
+    else if (!closeRequest() && !closeForms() && state.selected) select(null);
   }
 });
 

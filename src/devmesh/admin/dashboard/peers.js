@@ -24,6 +24,8 @@ export function renderPeers() {
     );
     return;
   }
+  const cut = new Map(); // peer -> the scenario that cuts this agent off from it
+  for (const scenario of state.scenarios) for (const peer of scenario.partitioned || []) cut.set(peer, scenario.name);
   for (const peer of state.peers) {
     const card = el(
       "div",
@@ -33,6 +35,9 @@ export function renderPeers() {
         { class: "peer-head" },
         el("span", { class: `pill ${peer.alive === false ? "v-down" : "v-alive"}`, text: peer.alive === false ? "down" : "alive" }),
         el("span", { class: "peer-id", text: peer.peer }),
+        cut.has(peer.peer)
+          ? el("span", { class: "peer-cut", title: `the scenario ${cut.get(peer.peer)} cuts this agent off from it`, text: "⚡ partitioned" })
+          : null,
         el("span", { class: "peer-addr", text: peer.address || "" }),
         el("span", { class: "peer-latency", text: peer.latency_ms === null || peer.latency_ms === undefined ? "" : fmtMs(peer.latency_ms) }),
       ),

@@ -14,7 +14,9 @@ let selectedRequest = null;
 
 function matches(record) {
   if (filters.service && record.service !== filters.service) return false;
-  if (filters.status && String(record.status ?? 0)[0] !== filters.status) return false;
+  if (filters.status === "fault") {
+    if (!record.fault) return false;
+  } else if (filters.status && String(record.status ?? 0)[0] !== filters.status) return false;
   if (filters.trace) {
     const hay = `${record.trace_id || ""} ${record.traceparent || ""}`.toLowerCase();
     if (!hay.includes(filters.trace)) return false;
@@ -38,12 +40,16 @@ function requestRow(record) {
       "td",
       { class: "c-num" },
       el("span", { class: `status k${String(status)[0]}`, text: status ? String(status) : "—" }),
-      record.fault ? el("span", { class: "fault-tag", text: record.fault }) : null,
+      record.fault ? el("span", { class: "fault-tag", title: `touched by the fault ${record.fault}`, text: `⚡ ${record.fault}` }) : null,
     ),
     el("td", { class: `c-num dur${duration > 1000 ? " is-very-slow" : duration > 250 ? " is-slow" : ""}`, text: fmtMs(duration) }),
     el("td", { class: "c-endpoint", title: `${record.origin || ""} ${record.endpoint || ""}`, text: servedBy }),
     el("td", { class: "c-trace", title: trace ? `${trace}\nclick: only this trace` : null, dataset: { trace }, text: trace.slice(0, 8) }),
   );
+  if (record.fault) {
+    tr.dataset.fault = record.fault; // the faults that touched it, as in X-DevMesh-Fault
+    tr.classList.add("has-fault");
+  }
   if (String(record.id) === selectedRequest) tr.classList.add("is-selected");
   return tr;
 }

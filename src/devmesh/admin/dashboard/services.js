@@ -4,15 +4,17 @@
 import { READ_ONLY_HINT, act, token } from "./api.js";
 import { setColorOrder } from "./charts.js";
 import { $, el, setAttr, setClass, setText } from "./dom.js";
+import { enabledFaultsByService, matching, updateFaultServiceOptions } from "./faults.js";
 import { updateTitle } from "./header.js";
 import { updateRequestServiceOptions } from "./requests.js";
+import { updateScenarioTargets } from "./scenarios.js";
 import { dirty, select, state } from "./state.js";
 
 export const rows = new Map(); // name -> row handles
 const servicesBody = $("#services tbody");
 const rowTemplate = document.createElement("template");
 rowTemplate.innerHTML = `<tr>
-<td class="c-name"><a class="svc-name" data-field="name" target="_blank" rel="noopener"></a><span class="svc-pin" data-field="pin"></span><span class="svc-detail" data-field="detail"></span></td>
+<td class="c-name"><a class="svc-name" data-field="name" target="_blank" rel="noopener"></a><span class="svc-pin" data-field="pin"></span><span class="svc-fault" data-field="faults" hidden>⚡</span><span class="svc-detail" data-field="detail"></span></td>
 <td class="c-state"><span class="pill" data-field="state"></span></td>
 <td class="c-health"><span class="pill" data-field="health"></span></td>
 <td class="c-origin"><span class="origin" data-field="origin"></span></td>
@@ -33,6 +35,7 @@ function createRow(name) {
     tr,
     link: field("name"),
     pin: field("pin"),
+    faults: field("faults"),
     detail: field("detail"),
     state: field("state"),
     health: field("health"),
@@ -186,11 +189,34 @@ export function renderServices() {
       }
     }
     updateRequestServiceOptions();
+    updateFaultServiceOptions();
+    updateScenarioTargets();
+    renderServiceFaults();
     applyServiceFilter();
     dirty.traffic = true; // new rows need their sparkline
   }
   renderServicesSummary();
   updateTitle();
+}
+
+// the ⚡ badge of the services that an enabled fault touches, with the faults in its tooltip
+export function renderServiceFaults() {
+  const touched = enabledFaultsByService();
+  for (const row of rows.values()) {
+    const faults = touched.get(row.name) || [];
+    row.faults.hidden = !faults.length;
+    row.tr.classList.toggle("has-fault", faults.length > 0);
+    const names = faults.map((f) => f.name).join(",");
+    if (row.faults.dataset.faults === names) continue;
+    row.faults.dataset.faults = names;
+    setText(row.faults, faults.length > 1 ? `⚡${faults.length}` : "⚡");
+    const lines = faults.map((f) => {
+      const match = matching(f);
+      return `${f.name}: ${f.does}${match ? ` (${match})` : ""}`;
+    });
+    setAttr(row.faults, "title", faults.length ? `Faults on ${row.name}:\n${lines.join("\n")}` : null);
+    setAttr(row.faults, "aria-label", faults.length ? `faults: ${names}` : null);
+  }
 }
 
 function orderRows() {

@@ -18,7 +18,16 @@ export const state = {
   selected: null, // the service the charts show (null: all)
   connection: "connecting",
   configError: null,
+  faults: [], // every fault, as /api/v1/faults: config (on or off), run-time, those of running scenarios
+  scenarios: [], // running scenarios: {name, started_at, ends_at, faults, partitioned}
+  injected: {}, // fault name -> requests it touched (totals, from the traffic messages)
+  skew: 0, // the agent's clock minus this page's, in seconds (from the messages' `time`)
 };
+
+// The agent's clock, as near as this page can tell: scenario countdowns are computed against it.
+export function agentNow() {
+  return Date.now() / 1000 + state.skew;
+}
 
 export const knownRequestServices = new Set(); // services seen in requests, for the requests filter
 
@@ -36,6 +45,9 @@ export const dirty = {
   activity: [],
   selection: true,
   readOnly: true,
+  faults: true, // the faults panel and the services' fault badges
+  injected: false, // only the faults' counts
+  scenarios: true, // the running scenarios' banners
 };
 
 export const exposed = {

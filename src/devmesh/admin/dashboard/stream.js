@@ -4,6 +4,7 @@
 
 import { log } from "./activity.js";
 import { el } from "./dom.js";
+import { fmtSeconds } from "./format.js";
 import { setConnection } from "./header.js";
 import { MAX_REQUEST_ROWS, WINDOW, dirty, exposed, knownRequestServices, schedule, state } from "./state.js";
 
@@ -110,6 +111,7 @@ function handle(message) {
   exposed.lastEventTime = message.time ?? null;
   exposed.lastEventAt = Date.now();
   exposed.lastEventType = message.type;
+  followClock(message);
   switch (message.type) {
     case "hello":
       onHello(message);
@@ -129,6 +131,12 @@ function handle(message) {
     case "agent":
       onAgent(message);
       break;
+    case "fault":
+      onFault(message);
+      break;
+    case "scenario":
+      onScenario(message);
+      break;
     case "traffic":
       onTraffic(message);
       break;
@@ -136,6 +144,15 @@ function handle(message) {
       return;
   }
   schedule();
+}
+
+// The agent's clock against this page's, for the scenarios' countdowns. A message's `time` is the agent's
+// clock when it was sent, so time - arrival is the offset less the message's delay: the largest seen is the
+// nearest. A hello starts over (maybe another agent), and a clearly lower one is the clock having moved.
+function followClock(message) {
+  if (typeof message.time !== "number") return;
+  const offset = message.time - Date.now() / 1000;
+  if (message.type === "hello" || offset > state.skew || offset < state.skew - 1) state.skew = offset;
 }
 
 function onHello(message) {
@@ -154,13 +171,18 @@ function onHello(message) {
   state.services = fresh;
   for (const name of fresh.keys()) dirty.services.add(name);
   state.peers = status.peers || [];
-  state.traffic = (message.traffic || []).slice(-WINDOW).map((t) => ({ time: t.time, services: t.services || {} }));
+  state.faults = status.faults || [];
+  state.scenarios = status.scenarios || [];
+  const traffic = message.traffic || [];
+  state.injected = { ...(traffic.at(-1)?.faults_injected || {}) };
+  state.traffic = traffic.slice(-WINDOW).map((t) => ({ time: t.time, services: t.services || {} }));
   state.requests = [];
   state.requestIndex.clear();
   for (const record of message.requests || []) addRequest(record);
   dirty.newRequests = [];
   dirty.requestsRebuild = true;
   dirty.header = dirty.serviceSet = dirty.traffic = dirty.topology = dirty.peers = dirty.selection = true;
+  dirty.faults = dirty.scenarios = true;
   if (state.selected && !fresh.has(state.selected)) state.selected = null;
   const pid = state.agent ? ` (agent pid ${state.agent.pid})` : "";
   log(message.time, "a-info", reconnect ? ["reconnected", pid] : ["connected", pid]);
@@ -239,9 +261,40 @@ function onAgent(message) {
   dirty.header = true;
 }
 
+// `fault` and `scenario` carry the whole list of faults and of running scenarios: they replace both.
+function takeFaults(message) {
+  state.faults = message.faults || [];
+  const running = (message.scenarios || []).map((s) => s.name).join("|");
+  if (running !== state.scenarios.map((s) => s.name).join("|")) dirty.peers = true; // partitions
+  state.scenarios = message.scenarios || [];
+  dirty.faults = dirty.scenarios = true;
+}
+
+function onFault(message) {
+  takeFaults(message);
+  const cls = message.event === "added" || message.event === "enabled" ? "a-warn" : "a-info";
+  if (message.event === "cleared") log(message.time, "a-info", ["all faults cleared, scenarios stopped"]);
+  else log(message.time, cls, ["fault ", el("b", { text: message.fault || "" }), ` ${message.event}`]);
+}
+
+function onScenario(message) {
+  takeFaults(message);
+  const name = el("b", { text: message.scenario || "" });
+  if (message.event === "started") {
+    const seconds = Math.max(0, Math.round((message.ends_at || 0) - (message.time || 0)));
+    log(message.time, "a-warn", ["scenario ", name, ` started for ${fmtSeconds(seconds)}`]);
+  } else log(message.time, "a-good", ["scenario ", name, ` ${message.event}`]);
+}
+
 function onTraffic(message) {
   exposed.samples++;
   trafficSeen = true;
+  if (message.faults_injected) {
+    const injected = message.faults_injected;
+    const moved = Object.keys(injected).some((name) => injected[name] !== state.injected[name]);
+    state.injected = { ...injected };
+    if (moved) dirty.injected = true;
+  }
   state.traffic.push({ time: message.time, services: message.services || {} });
   if (state.traffic.length > WINDOW) state.traffic.splice(0, state.traffic.length - WINDOW);
   for (const record of message.requests || []) {
