@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -139,8 +140,9 @@ class Backend:
     """A scriptable HTTP/1.1 server on 127.0.0.1. The handler writes the response itself and returns
     False to close the connection. `connections` counts accepted connections, `requests` keeps them."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, *, tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls  # serve HTTPS with this context
         self.connections = 0
         self.requests: list[Message] = []
         self.closed_connections = 0
@@ -148,7 +150,7 @@ class Backend:
         self.port = 0
 
     async def start(self) -> Backend:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -200,8 +202,10 @@ async def echo_handler(request: Message, _reader: asyncio.StreamReader, writer: 
 
 
 @contextlib.asynccontextmanager
-async def backend(handler: Handler = echo_handler) -> AsyncIterator[Backend]:
-    server = await Backend(handler).start()
+async def backend(
+    handler: Handler = echo_handler, *, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[Backend]:
+    server = await Backend(handler, tls=tls).start()
     try:
         yield server
     finally:

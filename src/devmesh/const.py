@@ -62,6 +62,22 @@ PROXY_REPLAY_MAX_BYTES = 1024 * 1024  # request body kept to retry on another en
 PROXY_BUFFER_HIGH_BYTES = 256 * 1024  # buffered body beyond which the sender is paused
 ACCESS_LOG_FLUSH_S = 0.05  # short batches: formatting one is a pause for every request in flight
 
+# Mirror (`mirror = "https://..."`: a copy of each request, fire-and-forget). Copies never wait, pause
+# or change the real request: past these bounds they are dropped, and counted (devmesh_mirror_total).
+MIRROR_MAX_BODY_BYTES = PROXY_REPLAY_MAX_BYTES  # a request with a larger body is not mirrored
+MIRROR_MAX_IN_FLIGHT = 8  # copies per service waiting for the mirror's answer; more are dropped
+MIRROR_MAX_BUFFERED_BYTES = 16 * 1024 * 1024  # bytes of all copies in flight; more are dropped
+MIRROR_TIMEOUT_S = 10.0  # a copy's answer; later, its connection is dropped
+MIRROR_DOWN_BACKOFF_S = 1.0  # after a failed connect, copies are dropped this long without trying
+
+# Remote fallback (`remote = "https://..."`): probed in the background for its health and version.
+REMOTE_PROBE_INTERVAL_S = 5.0
+REMOTE_PROBE_TIMEOUT_S = 2.0  # a probe's connect (with TLS), then its answer, each within this
+REMOTE_PROBE_UNHEALTHY_AFTER = 2  # failed probes in a row before a remote that answered is taken out
+REMOTE_PROBE_CONCURRENCY = 8  # probes at once, whatever the number of remotes
+REMOTE_PROBE_MAX_HEAD_BYTES = 64 * 1024  # a remote's answer head; a longer one is a failed probe
+REMOTE_VERSION_MAX_BYTES = 4096  # `GET /version`: body read at most
+
 # Peers (agent to agent, on the mesh port)
 MESH_REPLAY_WINDOW_S = 30.0  # a signed request older or newer than this is refused
 PEER_POLL_INTERVAL_S = 1.0  # each peer's catalog is fetched this often: it is also the liveness check

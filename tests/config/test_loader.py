@@ -309,3 +309,18 @@ def test_no_config_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("DEVMESH_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="devmesh init"):
         find_config(tmp_path)
+
+
+def test_mirror_is_a_url_or_a_peer(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "devmesh.toml",
+        '[services.a]\nport = 3000\nmirror = "peer=alice"\n[services.b]\nport = 3001\nmirror = "http://shadow:8080/"\n',
+    )
+    services = load_config(path, environ={}).config.services
+    assert services["a"].mirror == "peer=alice"
+    assert services["b"].mirror == "http://shadow:8080"
+    for wrong, said in (("shadow.example", "neither a URL nor a peer"), ("peer=", "does not name a peer")):
+        path = write(tmp_path, "devmesh.toml", f'[services.a]\nport = 3000\nmirror = "{wrong}"\n')
+        (problem,) = errors_of(path, environ={})
+        assert "services.a.mirror" in problem and said in problem, problem

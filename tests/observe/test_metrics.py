@@ -106,3 +106,17 @@ def test_each_registry_is_its_own() -> None:
     one.count("api", "local", 200, 0.001)
     assert "devmesh_requests_total" in scrape(one, snapshot())
     assert "devmesh_requests_total" not in scrape(other, snapshot())
+
+
+def test_mirror_copies_are_counted_by_service_and_result() -> None:
+    stats = RequestStats()
+    for result in ("sent", "sent", "dropped", "failed", "too_large"):
+        stats.mirror("api", result)
+    samples = scrape(stats, snapshot())
+    assert sorted((labels["result"], value) for labels, value in samples["devmesh_mirror_total"]) == [
+        ("dropped", 1.0),
+        ("failed", 1.0),
+        ("sent", 2.0),
+        ("too_large", 1.0),
+    ]
+    assert {labels["service"] for labels, _ in samples["devmesh_mirror_total"]} == {"api"}

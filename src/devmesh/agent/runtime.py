@@ -40,7 +40,7 @@ from devmesh.config.schema import HealthSection, MeshConfig
 from devmesh.config.units import Address
 from devmesh.faults.book import FaultBook, policy_summary
 from devmesh.faults.policy import FaultPolicy
-from devmesh.mesh.snapshot import Endpoint, Health, MeshSnapshot, MeshState, Origin, RunState, ServiceView
+from devmesh.mesh.snapshot import Health, MeshSnapshot, MeshState, Origin, RunState, ServiceView
 from devmesh.observe.events import Event, EventHub, TrafficSampler, service_events
 from devmesh.supervisor.guardian import Guardian
 from devmesh.supervisor.logs import LogLevelError, LogSink, parse_levels
@@ -52,7 +52,9 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from devmesh.admin.models import ServiceStatus, StatusDocument
+    from devmesh.health.remote import RemoteProber, RemoteTarget
     from devmesh.observe.tracing import RequestTracer
+    from devmesh.peers.catalog import Catalog
     from devmesh.peers.follower import PeerFollower
     from devmesh.peers.mdns import MdnsDiscovery
     from devmesh.proxy.server import ProxyServer
@@ -177,6 +179,8 @@ class Agent:
         self._logs: LogSink | None = None
         self.faults = FaultBook(on_change=self._faults_changed)
         self.faults.load(loaded.config)
+        self.remotes: RemoteProber | None = None  # probes each service's `remote` (health, version)
+        self._remote_said: dict[str, tuple[object, ...]] = {}  # what the log last said of each remote
 
     @property
     def token(self) -> str:
@@ -297,6 +301,7 @@ class Agent:
             await asyncio.sleep(0)  # the runners spawn the first services...
             await self._start_proxy(proxy_socket, https_socket, tls)  # ...while the proxy's code loads
             await self._start_mesh(mesh_socket, logs)
+            self._start_remote_probes()
             ready = loop.create_task(self._announce_ready(order, started_at, logs))
             tasks.append(ready)
             stopping = loop.create_task(self._stop_event.wait())
@@ -338,6 +343,8 @@ class Agent:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self.remotes is not None:
+                await self.remotes.close()
             if self.discovery is not None:
                 await self.discovery.close()  # the goodbye first: peers drop this agent at once
             if self.peers is not None:
@@ -467,6 +474,10 @@ class Agent:
             logs.agent("[mesh] and [proxy] changes take effect after `devmesh down` and `devmesh up`")
         self.faults.load(loaded.config)
         summary = await self.supervisor.apply(loaded.config)
+        if self.remotes is not None:
+            self.remotes.update(self._remote_targets())
+            for name in loaded.config.services:
+                self._follow_remote(name)  # runners made anew by the reload learn what is known
         logs.agent(f"config reloaded: {summary}", component="config", event="config_reloaded")
         self.events.publish(
             {"type": "agent", "time": time.time(), "event": "config_reloaded", "message": summary}
@@ -579,12 +590,10 @@ class Agent:
         if self.supervisor is None:
             return {}
         views = self.supervisor.views(self.loaded.config.mesh.domain)
+        live = self._live_catalogs()
         if self.peers is not None:
             from devmesh.peers.merge import merge_peers
 
-            # Closest first: the order endpoints are tried in (round robin among the healthy ones).
-            nearest = sorted(self.peers.live(), key=lambda state: state.latency_s)
-            live = [(s.address, s.catalog) for s in nearest if s.catalog is not None]
             views = merge_peers(
                 views,
                 live,
@@ -593,20 +602,31 @@ class Agent:
             )
         from dataclasses import replace
 
+        from devmesh.routing.remote import add_remote, mirror_endpoint
         from devmesh.routing.table import apply_pin
 
+        config = self.loaded.config
+        statuses = self.remotes.statuses if self.remotes is not None else {}
         for name, view in list(views.items()):
             if view.remote:
-                views[name] = replace(view, endpoints=(*view.endpoints, _remote_endpoint(name, view.remote)))
+                views[name] = add_remote(view, statuses.get(name), version_policy=config.mesh.version_policy)
+            spec = config.services.get(name)
+            if spec is not None and spec.mirror is not None:
+                views[name] = replace(
+                    views[name],
+                    mirror=mirror_endpoint(name, spec.mirror, live, tls=config.proxy.mesh_tls is not None),
+                )
         partitioned = self.faults.partitioned()
         if partitioned:
             # A partition scenario: this agent behaves as if it could not reach those peers.
             for name, view in list(views.items()):
                 kept = tuple(e for e in view.endpoints if e.peer_id not in partitioned)
                 if len(kept) != len(view.endpoints):
-                    views[name] = replace(
+                    view = views[name] = replace(
                         view, endpoints=kept, detail=view.detail or "peer partitioned by a scenario"
                     )
+                if view.mirror is not None and view.mirror.peer_id in partitioned:
+                    views[name] = replace(view, mirror=replace(view.mirror, healthy=False))
         for name, pin in self._pins.items():
             pinned = views.get(name)
             if pinned is not None:
@@ -616,6 +636,106 @@ class Agent:
                 )
                 views[name] = replace(pinned, endpoints=kept, detail=detail)
         return views
+
+    def _live_catalogs(self) -> list[tuple[Address, Catalog]]:
+        """The live peers' catalogs, closest first: the order their endpoints are tried in (round robin
+        among the healthy ones)."""
+        if self.peers is None:
+            return []
+        nearest = sorted(self.peers.live(), key=lambda state: state.latency_s)
+        return [(s.address, s.catalog) for s in nearest if s.catalog is not None]
+
+    # -- the remote fallback's probes ------------------------------------------------------------------
+
+    def _remote_targets(self) -> dict[str, RemoteTarget]:
+        """Each service's remote, and the path to ask it for (its `health.http`, else `/`)."""
+        from devmesh.health.remote import RemoteTarget
+
+        return {
+            name: RemoteTarget(spec.remote, spec.health.http if spec.health and spec.health.http else "/")
+            for name, spec in self.loaded.config.services.items()
+            if spec.remote is not None
+        }
+
+    def _start_remote_probes(self) -> None:
+        """Probe every remote in the background while the agent runs (`health.remote`)."""
+        from devmesh.health.remote import RemoteProber
+
+        assert self.proxy is not None
+        self.remotes = RemoteProber(tls_context=self.proxy.pool.tls_context, on_change=self._remote_changed)
+        self.remotes.update(self._remote_targets())
+
+    def _remote_changed(self, name: str) -> None:
+        """A probe changed what is known of `name`'s remote: say so (once per change), tell a remote-only
+        service's runner, and publish a snapshot with the remote's new health and version."""
+        self._log_remote(name)
+        self._follow_remote(name)
+        self._schedule_publish()
+
+    def _follow_remote(self, name: str) -> None:
+        from devmesh.routing.remote import remote_health
+
+        spec = self.loaded.config.services.get(name)
+        if self.supervisor is None or spec is None or self.remotes is None:
+            return
+        usable, detail = remote_health(
+            self.remotes.statuses.get(name), spec.requires, self.loaded.config.mesh.version_policy
+        )
+        self.supervisor.follow_remote(name, usable, detail)
+
+    def _log_remote(self, name: str) -> None:
+        from devmesh.routing.remote import version_accepted
+
+        spec = self.loaded.config.services.get(name)
+        status = self.remotes.statuses.get(name) if self.remotes is not None else None
+        if spec is None or spec.remote is None or status is None or self._logs is None:
+            return
+        policy = self.loaded.config.mesh.version_policy
+        outside = not version_accepted(status.version, spec.requires)
+        said = (
+            status.healthy,
+            status.reason if not status.healthy else None,
+            outside,
+            status.version,
+            policy,
+        )
+        if self._remote_said.get(name) == said:
+            return
+        previous = self._remote_said.get(name)
+        self._remote_said[name] = said
+        remote = spec.remote
+        if not status.healthy:
+            self._logs.agent(
+                f"{name}: its remote {remote} is not usable: {status.reason}",
+                component="health",
+                level="warning",
+                event="remote_unhealthy",
+                service=name,
+                remote=remote,
+                reason=status.reason,
+            )
+        elif previous is not None and not previous[0]:
+            self._logs.agent(
+                f"{name}: its remote {remote} answers again",
+                component="health",
+                event="remote_healthy",
+                service=name,
+                remote=remote,
+            )
+        if outside and status.healthy:
+            used = 'used anyway (version_policy = "warn")' if policy == "warn" else "not used"
+            self._logs.agent(
+                f"{name}: its remote {remote} announces {status.version}, outside requires "
+                f"{spec.requires!r}; {used}",
+                component="health",
+                level="warning",
+                event="remote_version_mismatch",
+                service=name,
+                remote=remote,
+                version=status.version,
+                requires=spec.requires,
+                policy=policy,
+            )
 
     def recent_requests(
         self,
@@ -1041,24 +1161,6 @@ class Agent:
     async def unregister(self, name: str) -> None:
         assert self.supervisor is not None
         await self.supervisor.unregister(name)
-
-
-def _remote_endpoint(service: str, url: str) -> Endpoint:
-    """The remote fallback (`remote = "https://api.staging.shop.dev"`) as the last endpoint: it gets the
-    request with its own name as Host, over TLS for https."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    tls = parts.scheme == "https"
-    return Endpoint(
-        service=service,
-        host=parts.hostname or "",
-        port=parts.port or (443 if tls else 80),
-        origin=Origin.REMOTE,
-        healthy=True,
-        tls=tls,
-        host_header=parts.netloc,
-    )
 
 
 def _peer_keys(snapshot: MeshSnapshot) -> set[tuple[str, int]]:

@@ -53,6 +53,23 @@ def _check_url(value: str) -> str:
     return value.rstrip("/")
 
 
+_PEER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _check_mirror(value: str) -> str:
+    """`mirror`: a URL, or `peer=ID` (a peer id, or its host-name part)."""
+    if value.startswith("peer="):
+        peer = value.removeprefix("peer=").strip()
+        if not _PEER_ID_RE.match(peer):
+            raise ValueError(
+                f'{value!r} does not name a peer; write it as "peer=alice" or "peer=alice-3f2a1b"'
+            )
+        return f"peer={peer}"
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f'{value!r} is neither a URL nor a peer; write "https://host[:port]" or "peer=ID"')
+    return value.rstrip("/")
+
+
 def _check_route(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError(f'{value!r} is not a path prefix; it must start with "/", as in "/api/*"')
@@ -75,6 +92,7 @@ def _check_host(value: str) -> str:
 
 SpecifierText = Annotated[str, AfterValidator(_check_specifier)]
 Url = Annotated[str, AfterValidator(_check_url)]
+MirrorTarget = Annotated[str, AfterValidator(_check_mirror)]
 RoutePrefix = Annotated[str, AfterValidator(_check_route)]
 HttpMethod = Annotated[str, AfterValidator(_check_method)]
 HostName = Annotated[str, AfterValidator(_check_host)]
@@ -150,7 +168,7 @@ class ServiceSection(Section):
     health: HealthSection | None = None
     requires: SpecifierText | None = None
     remote: Url | None = None
-    mirror: Url | None = None
+    mirror: MirrorTarget | None = None  # a URL, or peer=ID
     share: bool | None = None
     lb: Literal["round_robin", "least_conn", "random"] = "round_robin"
     sticky: Literal["cookie"] | None = None

@@ -74,6 +74,8 @@ class ServiceView:
     remote: str | None = None
     requires: str | None = None
     detail: str | None = None  # the last error or exit status, for `status` and error pages
+    remote_detail: str | None = None  # why the remote fallback is not used (its probe, its version)
+    mirror: Endpoint | None = None  # where a copy of each request goes (`mirror`); unhealthy: not there
     lb: str = "round_robin"  # round_robin | least_conn | random, among endpoints of one tier
     sticky: str | None = None  # "cookie": a browser keeps the endpoint it got first
 

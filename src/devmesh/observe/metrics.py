@@ -89,6 +89,17 @@ class MeshCollector(Collector):
             retries.add_metric([service], count)
         yield retries
 
+        mirrored = CounterMetricFamily(
+            "devmesh_mirror",
+            "Copies of requests for a service's `mirror`: sent (the mirror answered), failed (it could "
+            "not be reached, or reset, or timed out), dropped (too many in flight: it is slow), too_large "
+            "(the body was over the limit).",
+            labels=["service", "result"],
+        )
+        for (service, result), count in sorted(stats.mirrored.items()):
+            mirrored.add_metric([service, result], count)
+        yield mirrored
+
         faults = CounterMetricFamily(
             "devmesh_faults_injected", "Requests a fault policy touched.", labels=["fault"]
         )

@@ -17,6 +17,7 @@ from devmesh.mesh.snapshot import Endpoint, Origin, RunState, ServiceView
 from devmesh.peers.catalog import CATALOG_PATH
 from devmesh.peers.signing import SERVICE_HEADER, SIGNED_HEADERS
 from devmesh.proxy import headers as hdr
+from devmesh.proxy.mirror import MirrorCopy
 from devmesh.proxy.observe import RequestRecord
 from devmesh.proxy.pages import ErrorPage, response_bytes
 from devmesh.routing.table import LOCAL_ORIGINS, apply_pin, describe_unavailable, parse_pin
@@ -44,6 +45,9 @@ def _cookie(header: bytes | None, name: str) -> str | None:
 
 _PEER_ONLY_HEADERS = SIGNED_HEADERS | {SERVICE_HEADER.lower().encode()}
 _TWO_HOSTS = b"\x00two"  # never a valid host: marks a request with two Host headers
+# Not passed to a mirror: its own Host is written; the body is sent at once (no 100-continue to wait
+# for); a client's X-DevMesh-Mirror would be a second one.
+_NOT_MIRRORED = frozenset({b"host", b"expect", b"x-devmesh-mirror"})
 
 
 class Exchange:
@@ -70,6 +74,7 @@ class Exchange:
         "http_minor",
         "keep_alive",
         "method",
+        "mirror",
         "parent_span",
         "peer_checked",
         "pending",
@@ -159,6 +164,7 @@ class Exchange:
         self.fault: FaultDecision | None = None  # the faults that touch this request
         self.fault_timer: asyncio.TimerHandle | None = None
         self.throttle: Throttle | None = None
+        self.mirror: MirrorCopy | None = None  # the copy for the service's `mirror`, while it is collected
 
     # -- request side (called by the client connection) ---------------------------------------------
 
@@ -197,16 +203,27 @@ class Exchange:
                 self.cookie = value if self.cookie is None else self.cookie + b"; " + value
 
     def on_request_body(self, body: bytes) -> None:
+        frame = b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body
+        mirror = self.mirror
+        if mirror is not None:
+            mirror.add(frame)  # the copy holds the same bytes object: no second buffer
         if self.done:
             return
         self.request_bytes += len(body)
-        frame = b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body
         self._send_upstream(frame)
 
     def on_request_end(self) -> None:
         self.body_complete = True
-        if self.chunked and not self.done:
-            self._send_upstream(hdr.trailer_block(self.trailers))
+        mirror = self.mirror
+        if self.chunked:
+            tail = hdr.trailer_block(self.trailers)
+            if mirror is not None:
+                mirror.add(tail)
+            if not self.done:
+                self._send_upstream(tail)
+        if mirror is not None:
+            mirror.complete = True
+            self._mirror_ready()
 
     def _send_upstream(self, data: bytes) -> None:
         replay = self.replay
@@ -309,10 +326,86 @@ class Exchange:
                     )
                 )
                 return
+        if view.mirror is not None and self.mirror is None and self.upgrade is None:
+            self._begin_mirror(view.mirror)  # before faults: they never apply to the copy
         faults = server.state.snapshot.faults.get(view.name)
         if (faults is not None or self.fault_header is not None) and self._inject(view, endpoints, faults):
             return
         self._forward(view, endpoints)
+
+    # -- mirror (shadow traffic) ---------------------------------------------------------------------
+
+    def _begin_mirror(self, endpoint: Endpoint) -> None:
+        """Start the copy of this request for the service's mirror (it leaves in `_mirror_ready`). A
+        request that is itself a copy is not copied again (no loops)."""
+        for name, _value in self.headers:
+            if len(name) == 16 and name.lower() == b"x-devmesh-mirror":
+                return
+        limit = self.client.server.limits.mirror_max_body_bytes
+        copy = self.mirror = MirrorCopy(endpoint, limit)
+        if self.content_length is not None and int(self.content_length) > limit:
+            copy.too_large = True
+        else:
+            for frame in self.pending:  # body that arrived while the request waited its turn
+                copy.add(frame)
+        copy.complete = self.body_complete
+        self._mirror_ready()
+
+    def _mirror_ready(self, *, held: bool = False) -> None:
+        """Send the copy once its request is complete and the real response has begun, or the exchange
+        has ended however it ended (`held`: or the real request is held, by a delay fault or a wait for
+        its service to start). So the copy's work comes after the real answer is on its way, never
+        before it; a copy is sent once."""
+        copy = self.mirror
+        if copy is None or copy.sent or self.view is None:
+            return
+        if held:
+            copy.held = True  # from now on, it goes as soon as the request is whole
+        if not copy.complete or not (self.response_started or self.done or copy.held):
+            return
+        copy.sent = True
+        server = self.client.server
+        if copy.too_large:
+            server.stats.mirror(self.view.name, "too_large")
+            return
+        server.loop.call_soon(self._mirror_out, copy)
+
+    def _mirror_out(self, copy: MirrorCopy) -> None:
+        """The copy, as the mirror gets it: the request's method, target and headers, Host rewritten to
+        the mirror's own name (a peer gets the client's, as for routed requests), `X-DevMesh-Mirror: 1`,
+        the same body; signed for a peer."""
+        view = self.view
+        assert view is not None
+        server = self.client.server
+        endpoint = copy.endpoint
+        frames, copy.frames = copy.frames, []
+        host = endpoint.host_header.encode("latin-1") if endpoint.host_header else self.host_raw or b""
+        headers = [
+            (b"Host", host),
+            *((n, v) for n, v in self.headers if n.lower() not in _NOT_MIRRORED),
+            (b"X-DevMesh-Mirror", b"1"),
+        ]
+        head = hdr.upstream_request_head(
+            self.method,
+            self.target,
+            headers,
+            host=self.host_raw or b"",
+            client_ip=self.client.client_ip,
+            scheme=self.client.scheme,
+            trace_id=self.trace_id.encode(),
+            traceparent=self.traceparent or b"",
+            framing=self._framing(),
+            upgrade=None,
+            connection=self.connection_header,
+        )
+        if endpoint.origin is Origin.PEER:
+            head = head[:-2] + server.peer_headers(self.method, self.target, endpoint.service) + b"\r\n"
+        server.mirror.send(
+            view.name,
+            endpoint,
+            b"".join([head, *frames]) if frames else head,
+            head_only=self.method == b"HEAD",
+        )
 
     # -- faults -------------------------------------------------------------------------------------
 
@@ -337,6 +430,8 @@ class Exchange:
         server.stats.fault(decision.names)
         if decision.delay_s > 0:
             self.fault_timer = server.loop.call_later(decision.delay_s, self._after_delay, view, endpoints)
+            if self.mirror is not None:
+                self._mirror_ready(held=True)  # the delay is the real request's, not the copy's
             return True
         return self._fault_answers(view)
 
@@ -356,6 +451,8 @@ class Exchange:
             self.client.reset()
             self._log()
             self.done = True
+            if self.mirror is not None:
+                self._mirror_ready()
             return True
         if fault.abort is not None:
             self.respond_error(
@@ -374,6 +471,8 @@ class Exchange:
         server = self.client.server
         if not endpoints and view.state == RunState.STARTING:
             server.wait_for_start(self, view.name)
+            if self.mirror is not None:
+                self._mirror_ready(held=True)
             return
         if not endpoints:
             message, hint = describe_unavailable(view)
@@ -484,12 +583,6 @@ class Exchange:
         headers = self.headers
         if host is not None:
             headers = [(b"Host", host), *((n, v) for n, v in headers if n.lower() != b"host")]
-        if self.chunked:
-            framing = _CHUNKED
-        elif self.content_length is not None:
-            framing = b"Content-Length: " + self.content_length + b"\r\n"
-        else:
-            framing = b""
         return hdr.upstream_request_head(
             self.method,
             self.target,
@@ -499,10 +592,18 @@ class Exchange:
             scheme=client.scheme,
             trace_id=self.trace_id.encode(),
             traceparent=self.traceparent or b"",
-            framing=framing,
+            framing=self._framing(),
             upgrade=self.upgrade,
             connection=self.connection_header,
         )
+
+    def _framing(self) -> bytes:
+        """The body's framing line for the service: the proxy re-frames, never copies the client's."""
+        if self.chunked:
+            return _CHUNKED
+        if self.content_length is not None:
+            return b"Content-Length: " + self.content_length + b"\r\n"
+        return b""
 
     def _send_to(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -658,15 +759,14 @@ class Exchange:
         elif self.http_minor == 0:
             connection = b"keep-alive"
         fault = self.fault
-        if fault is not None:
-            if fault.bandwidth is not None and not head_only:
-                self.throttle = Throttle(
-                    client.server.loop,
-                    fault.bandwidth,
-                    write=client.write,
-                    pause=upstream.pause_reading,
-                    resume=upstream.resume_reading,
-                )
+        if fault is not None and fault.bandwidth is not None and not head_only:
+            self.throttle = Throttle(
+                client.server.loop,
+                fault.bandwidth,
+                write=client.write,
+                pause=upstream.pause_reading,
+                resume=upstream.resume_reading,
+            )
         if self.sticky_cookie is not None and self.endpoint is not None:
             chosen = self.client.server.sticky_id(self.endpoint)
             if _cookie(self.cookie, self.sticky_cookie) != chosen:
@@ -686,6 +786,8 @@ class Exchange:
             )
         )
         self.response_started = True
+        if self.mirror is not None:
+            self._mirror_ready()
         if self.method == b"HEAD":
             # httptools cannot be told the response has no body: end it once the parser returns.
             upstream.after_feed("head-done")
@@ -815,6 +917,8 @@ class Exchange:
         self.client.abort_response()
         self._log()
         self.done = True
+        if self.mirror is not None:
+            self._mirror_ready()
 
     def respond_raw(self, status: int, content_type: bytes, body: bytes) -> None:
         """Answer with the proxy's own content (the mesh catalog)."""
@@ -868,6 +972,8 @@ class Exchange:
         if upstream is not None:
             self._release(upstream, reusable=reusable)
         self._log()
+        if self.mirror is not None:
+            self._mirror_ready()
         self.client.exchange_done(self)
 
     def _release(self, upstream: UpstreamConnection, *, reusable: bool) -> None:
@@ -882,6 +988,8 @@ class Exchange:
         if self.done:
             return
         self.done = True
+        if self.mirror is not None:
+            self._mirror_ready()  # the request was whole: its copy still goes
         if self.fault_timer is not None:
             self.fault_timer.cancel()
         if self.throttle is not None:

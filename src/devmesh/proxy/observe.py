@@ -132,6 +132,8 @@ class RequestStats:
         self.upstream_errors: dict[str, int] = {}
         self.retries: dict[str, int] = {}
         self.faults: dict[str, int] = {}  # requests each fault touched
+        # (service, result) -> mirror copies: sent, failed, dropped, too_large (proxy/mirror.py)
+        self.mirrored: dict[tuple[str, str], int] = {}
 
     def count(self, service: str, origin: str, status: int, duration_s: float) -> None:
         key = (service, origin, status)
@@ -148,6 +150,10 @@ class RequestStats:
     def fault(self, names: tuple[str, ...]) -> None:
         for name in names:
             self.faults[name] = self.faults.get(name, 0) + 1
+
+    def mirror(self, service: str, result: str) -> None:
+        key = (service, result)
+        self.mirrored[key] = self.mirrored.get(key, 0) + 1
 
     def retry(self, service: str) -> None:
         self.retries[service] = self.retries.get(service, 0) + 1

@@ -23,6 +23,7 @@ from devmesh.mesh.snapshot import Endpoint, MeshSnapshot, MeshState, RunState, S
 from devmesh.peers.policy import MeshPolicy
 from devmesh.peers.signing import PEER_HEADER, SERVICE_HEADER, sign
 from devmesh.proxy.client import ClientConnection
+from devmesh.proxy.mirror import MirrorSender
 from devmesh.proxy.observe import AccessLog, RequestStats
 from devmesh.proxy.upstream import UpstreamPool
 from devmesh.routing.table import TIER, RouteTable, normalize_host, select_endpoints
@@ -66,6 +67,10 @@ class ProxyLimits:
     upstream_idle_timeout_s: float = const.PROXY_UPSTREAM_IDLE_TIMEOUT_S
     connect_timeout_s: float = const.PROXY_CONNECT_TIMEOUT_S
     start_wait_s: float = const.PROXY_START_WAIT_S
+    mirror_max_body_bytes: int = const.MIRROR_MAX_BODY_BYTES
+    mirror_max_in_flight: int = const.MIRROR_MAX_IN_FLIGHT
+    mirror_max_buffered_bytes: int = const.MIRROR_MAX_BUFFERED_BYTES
+    mirror_timeout_s: float = const.MIRROR_TIMEOUT_S
 
 
 class ProxyServer:
@@ -102,6 +107,7 @@ class ProxyServer:
             idle_timeout_s=self.limits.upstream_idle_timeout_s,
             connect_timeout_s=self.limits.connect_timeout_s,
         )
+        self.mirror = MirrorSender(self)  # copies of requests for services with a `mirror`
         self.connections: set[ClientConnection] = set()
         self.addresses: list[tuple[str, str, int]] = []  # (scheme, host, port) actually listened on
         self._servers: list[asyncio.Server] = []
@@ -146,6 +152,7 @@ class ProxyServer:
         for connection in list(self.connections):
             connection.close()
         self.pool.close_all()
+        self.mirror.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -173,6 +180,7 @@ class ProxyServer:
             for connection in list(self.connections):
                 connection.check_deadline(now)
             self.pool.sweep(now)
+            self.mirror.sweep(now)
             self._expire_waiting(now)
             served = self.stats.total()
             if served != served_at_last_sweep:

@@ -225,7 +225,8 @@ class UpstreamPool:
         self.opened = 0  # connections ever opened: tests and the benchmark read it to see reuse
         self.in_use: dict[EndpointKey, int] = {}  # requests in flight per endpoint, for least_conn
         self.clock: Callable[[], float] = time.monotonic  # the loop's time, set by the server
-        self._tls_context: ssl.SSLContext | None = None
+        # Remotes and mirrors: the system's trust store, made on first use (tests set their own CA).
+        self.remote_tls: ssl.SSLContext | None = None
         self.peer_tls: ssl.SSLContext | None = None  # [proxy] mesh_tls: this agent's client certificate
 
     def acquire(self, key: EndpointKey) -> UpstreamConnection | None:
@@ -241,14 +242,8 @@ class UpstreamPool:
     async def connect(self, key: EndpointKey, *, tls: bool = False, peer: bool = False) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         context: ssl.SSLContext | None = None
-        if tls and peer and self.peer_tls is not None:
-            context = self.peer_tls  # mutual TLS with the team's CA
-        elif tls:
-            if self._tls_context is None:
-                # The system's trust store (SSL_CERT_FILE and friends apply): a remote is a real site.
-                self._tls_context = ssl.create_default_context()
-                self._tls_context.set_alpn_protocols(["http/1.1"])
-            context = self._tls_context
+        if tls:
+            context = self.tls_context(peer=peer)
         async with asyncio.timeout(self.connect_timeout_s):
             _transport, connection = await loop.create_connection(
                 lambda: UpstreamConnection(self, key),
@@ -260,6 +255,17 @@ class UpstreamPool:
         self.opened += 1
         self._busy(connection)
         return connection
+
+    def tls_context(self, *, peer: bool = False) -> ssl.SSLContext:
+        """The TLS settings for an endpoint: mutual TLS with the team's CA for a peer (when the mesh uses
+        it), else certificates verified against the system's trust store (SSL_CERT_FILE and friends
+        apply: a remote is a real site), with SNI. The remote prober and the mirror use the same."""
+        if peer and self.peer_tls is not None:
+            return self.peer_tls
+        if self.remote_tls is None:
+            self.remote_tls = ssl.create_default_context()
+            self.remote_tls.set_alpn_protocols(["http/1.1"])
+        return self.remote_tls
 
     def release(self, connection: UpstreamConnection) -> None:
         """Back to the pool after a complete response on a keep-alive connection."""

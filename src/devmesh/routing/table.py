@@ -160,14 +160,29 @@ def describe_unavailable(view: ServiceView) -> tuple[str, str]:
             f"run a matching version here (`devmesh run {name}`), ask the peer to update, "
             "or widen `requires` in devmesh.toml",
         )
+    if view.origin is Origin.REMOTE:  # declared with only a remote: nothing runs here
+        reason = view.remote_detail or view.detail or "is not answering"
+        return (
+            f"{name}: its remote {view.remote} is not usable ({reason})",
+            "check `remote` in devmesh.toml and that this machine trusts the remote's certificate "
+            "(SSL_CERT_FILE for a private CA); `devmesh status` shows the last check",
+        )
     detail = f" ({view.detail})" if view.detail else ""
+    remote = (
+        f"; its remote {view.remote} is not usable either ({view.remote_detail})"
+        if view.remote and view.remote_detail
+        else ""
+    )
     if state == "stopped":
-        return f"{name} is stopped{detail}", f"start it with `devmesh run {name}`"
+        return f"{name} is stopped{detail}{remote}", f"start it with `devmesh run {name}`"
     if state == "crashed":
-        return f"{name} crashed{detail}", f"see `devmesh logs {name}`, then `devmesh restart {name}`"
+        return (
+            f"{name} crashed{detail}{remote}",
+            f"see `devmesh logs {name}`, then `devmesh restart {name}`",
+        )
     if state == "starting":
-        return f"{name} is starting{detail}", "wait for it to turn healthy: `devmesh status`"
+        return f"{name} is starting{detail}{remote}", "wait for it to turn healthy: `devmesh status`"
     return (
-        f"{name} is {view.health.value}{detail}",
+        f"{name} is {view.health.value}{detail}{remote}",
         f"see `devmesh logs {name}` and its health check in devmesh.toml",
     )

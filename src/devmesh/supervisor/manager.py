@@ -8,9 +8,10 @@ import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devmesh.config.schema import HealthSection, MeshConfig, ServiceSection
-from devmesh.mesh.snapshot import Origin, ServiceView
+from devmesh.mesh.snapshot import Health, Origin, RunState, ServiceView
 from devmesh.supervisor.logs import LogSink
 from devmesh.supervisor.ports import PortAllocator
 from devmesh.supervisor.runner import ServiceRunner
@@ -41,6 +42,60 @@ class ReloadSummary:
             if names
         ]
         return "; ".join(parts) or "no service changed"
+
+
+def remote_only(spec: ServiceSection) -> bool:
+    """A service declared with only a `remote` (no command, no port, no health command to run here)."""
+    return (
+        spec.remote is not None
+        and spec.command is None
+        and spec.port is None
+        and (spec.health is None or spec.health.cmd is None)
+    )
+
+
+class RemoteRunner(ServiceRunner):
+    """A service that has only a `remote`: nothing runs here, its remote serves it.
+
+    It is running and healthy while the agent's probes find its remote answering (with a version that
+    `requires` accepts), "starting" until the first probe, stopped and unhealthy while the remote does
+    not answer, as a service started elsewhere is while its check fails. So `devmesh up`, `devmesh
+    wait` and `depends_on` wait for the remote as they wait for a local service, instead of forever.
+    """
+
+    def __init__(self, name: str, spec: ServiceSection, **kwargs: Any) -> None:
+        super().__init__(name, spec, **kwargs)
+        self._remote: tuple[bool, str | None] | None = None  # (usable, why not); None: not probed yet
+        self._following = False
+
+    def follow_remote(self, usable: bool | None, detail: str | None) -> None:
+        """The agent's verdict on the remote after a probe (`routing.remote.remote_health`)."""
+        self._remote = None if usable is None else (usable, detail)
+        if self._following:
+            self._apply_remote()
+
+    async def _watch_external(self) -> None:
+        self._following = True
+        try:
+            self._apply_remote()
+            await self._stop_event.wait()
+        finally:
+            self._following = False
+        self._set_state(RunState.STOPPED)
+
+    def _apply_remote(self) -> None:
+        if self._remote is None:
+            self._set_state(RunState.STARTING, detail=f"waiting for the first answer of {self.spec.remote}")
+            return
+        usable, detail = self._remote
+        if usable:
+            self.detail = None
+            self._set_health(Health.HEALTHY)
+            self._set_state(RunState.RUNNING)
+            return
+        self._set_state(RunState.STOPPED, detail=detail or "the remote is not answering")
+        self._set_health(Health.UNHEALTHY)
+        self._notify()
 
 
 class Supervisor:
@@ -153,6 +208,12 @@ class Supervisor:
         else:
             self.up([name])
 
+    def follow_remote(self, name: str, usable: bool | None, detail: str | None) -> None:
+        """What the agent's probes found of `name`'s remote: a remote-only service follows it."""
+        runner = self.runners.get(name)
+        if isinstance(runner, RemoteRunner):
+            runner.follow_remote(usable, detail)
+
     # -- registrations -------------------------------------------------------------------------------
 
     def register(self, name: str, *, port: int, version: str | None, health: HealthSection | None) -> None:
@@ -258,6 +319,18 @@ class Supervisor:
             self._ports.reserve(port)
         elif port is None and spec.command is not None:
             port = self._ports.allocate()
+        if origin is Origin.LOCAL and remote_only(spec):
+            return RemoteRunner(
+                name,
+                spec,
+                port=None,
+                project_dir=self._project_dir,
+                owner=self._owner,
+                logs=self._logs,
+                on_change=self._on_change,
+                base_env=self._base_env,
+                origin=Origin.REMOTE,
+            )
         return ServiceRunner(
             name,
             spec,
