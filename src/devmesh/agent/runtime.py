@@ -3,6 +3,12 @@
 Start-up order matters for "no orphans": leftovers of an earlier agent are stopped first, the guardian
 starts before the first child, and the agent record is written only once the admin API answers, so the
 CLI never talks to a half-started agent. Shutdown runs the same steps backwards.
+
+The agent owns the parts and publishes the snapshot; the rest of `devmesh.agent` is what it is made of:
+`listeners` (ports, the admin API's uvicorn, TLS contexts), `views` (what each snapshot publishes),
+`observing` (the events stream and `/metrics`), `remotes` (the remote fallback's probes), `peering` (the
+mesh port and the peers followed), `control` (what the admin API calls) and `config_watch` (the reload's
+trigger).
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import contextlib
 import fcntl
 import gc
 import importlib
-import ipaddress
 import os
 import secrets
 import signal
@@ -27,6 +32,11 @@ from typing import IO, TYPE_CHECKING, TextIO
 import psutil
 
 from devmesh import const
+from devmesh.agent.config_watch import watch_config
+from devmesh.agent.control import AdminControls
+from devmesh.agent.errors import AgentError
+from devmesh.agent.listeners import EmbeddedUvicorn, bind_tcp, https_context, is_loopback, mesh_tls_contexts
+from devmesh.agent.observing import StreamFeed, metrics_registry_of
 from devmesh.agent.paths import (
     AgentRecord,
     StatePaths,
@@ -35,13 +45,22 @@ from devmesh.agent.paths import (
     remove_agent_record,
     write_agent_record,
 )
+from devmesh.agent.peering import MeshPeering
+from devmesh.agent.remotes import RemoteWatch
+from devmesh.agent.views import (
+    live_catalogs,
+    peer_entries,
+    peer_keys,
+    published_views,
+    service_status,
+    service_url,
+)
 from devmesh.config import ConfigError, LoadedConfig, load_config
-from devmesh.config.schema import HealthSection, MeshConfig
+from devmesh.config.schema import MeshConfig
 from devmesh.config.units import Address
-from devmesh.faults.book import FaultBook, policy_summary
-from devmesh.faults.policy import FaultPolicy
-from devmesh.mesh.snapshot import Health, MeshSnapshot, MeshState, Origin, RunState, ServiceView
-from devmesh.observe.events import Event, EventHub, TrafficSampler, service_events
+from devmesh.faults.book import FaultBook
+from devmesh.mesh.snapshot import Health, MeshState, Origin, RunState, ServiceView
+from devmesh.observe.events import Event, EventHub
 from devmesh.supervisor.guardian import Guardian
 from devmesh.supervisor.logs import LogLevelError, LogSink, parse_levels
 from devmesh.supervisor.manager import Supervisor
@@ -51,88 +70,17 @@ from devmesh.supervisor.reaper import owner_marker, reap_project
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from devmesh.admin.models import ServiceStatus, StatusDocument
-    from devmesh.health.remote import RemoteProber, RemoteTarget
+    from devmesh.admin.app import AgentControl
+    from devmesh.admin.models import StatusDocument
     from devmesh.observe.tracing import RequestTracer
-    from devmesh.peers.catalog import Catalog
     from devmesh.peers.follower import PeerFollower
     from devmesh.peers.mdns import MdnsDiscovery
     from devmesh.proxy.server import ProxyServer
 
-
-class AgentError(Exception):
-    """The agent cannot start; the message says why and what to do."""
+__all__ = ["Agent", "AgentError", "run_agent"]
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def bind_tcp(address: Address, *, purpose: str, key: str) -> socket.socket:
-    """A listening socket for `address`, or an AgentError naming the config key to change."""
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address.host, address.port))
-        sock.listen(1024)
-    except OSError as error:
-        sock.close()
-        raise AgentError(
-            f"cannot listen on {address} for the {purpose}: {error.strerror or error} "
-            f"(is another devmesh running? change {key} in devmesh.toml, or stop what holds the port)"
-        ) from None
-    sock.setblocking(False)
-    return sock
-
-
-class _EmbeddedUvicorn:
-    """uvicorn on the agent's loop, without uvicorn's own signal handling (the agent owns signals)."""
-
-    def __init__(self, app: object, sock: socket.socket) -> None:
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):  # type: ignore[no-untyped-def]
-                yield
-
-        self._sock = sock
-        self._server = Server(
-            uvicorn.Config(
-                app,  # type: ignore[arg-type]
-                log_level="warning",
-                lifespan="off",
-                access_log=False,
-                loop="none",
-                ws="websockets-sansio",
-                ws_ping_interval=None,  # loopback: a dead client shows as a closed socket
-            )
-        )
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise AgentError("the admin API stopped while starting")
-            await asyncio.sleep(0.005)
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._task, const.AGENT_STOP_TIMEOUT_S)
-        self._sock.close()
-
-
-class Agent:
+class Agent(AdminControls, MeshPeering):
     """One project's agent. `run()` returns the process exit code."""
 
     def __init__(
@@ -152,10 +100,8 @@ class Agent:
         self.mesh_proxy: ProxyServer | None = None
         self.peers: PeerFollower | None = None
         self.discovery: MdnsDiscovery | None = None
-        self._pins: dict[str, str] = {}
-        self._mesh_tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = (
-            None  # `devmesh route`: service -> local | remote | peer=ID
-        )
+        self._pins: dict[str, str] = {}  # `devmesh route`: service -> local | remote | peer=ID
+        self._mesh_tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None
         self.paths = StatePaths(loaded.project_dir)
         self._requested = list(services) if services else None
         self._terminal = terminal if terminal is not None else sys.stdout
@@ -171,16 +117,13 @@ class Agent:
         self.proxy: ProxyServer | None = None
         self._publish_scheduled = False
         self.events = EventHub()
-        self._sent_statuses: dict[str, dict[str, object]] = {}  # what the events stream last said
-        self._live_peers: set[str] = set()
-        self._traffic = TrafficSampler()
+        self.stream = StreamFeed(self.events)  # what the events stream last said
         self._metrics: CollectorRegistry | None = None
         self.tracer: RequestTracer | None = None
         self._logs: LogSink | None = None
         self.faults = FaultBook(on_change=self._faults_changed)
         self.faults.load(loaded.config)
-        self.remotes: RemoteProber | None = None  # probes each service's `remote` (health, version)
-        self._remote_said: dict[str, tuple[object, ...]] = {}  # what the log last said of each remote
+        self.remotes: RemoteWatch | None = None  # probes each service's `remote` (health, version)
 
     @property
     def token(self) -> str:
@@ -203,7 +146,7 @@ class Agent:
                     f"no service named {', '.join(map(repr, unknown))} in {self.loaded.path.name} "
                     f"(services: {', '.join(config.services) or 'none'})"
                 )
-        if not _is_loopback(config.proxy.admin.host):
+        if not is_loopback(config.proxy.admin.host):
             raise AgentError(
                 f"[proxy] admin = {str(config.proxy.admin)!r} is not a loopback address; the admin API "
                 "controls your processes and must stay on 127.0.0.1 or ::1"
@@ -243,14 +186,9 @@ class Agent:
             proxy_socket = bind_tcp(config.proxy.listen, purpose="proxy", key="[proxy] listen")
             if config.proxy.https is not None:
                 https_socket = bind_tcp(config.proxy.https, purpose="HTTPS proxy", key="[proxy] https")
-                tls, tls_note = await asyncio.to_thread(self._tls_context)
+                tls, tls_note = await asyncio.to_thread(https_context, config.mesh.domain)
             if config.proxy.mesh_tls is not None:
-                from devmesh.peers.tls import MeshTLSError, mesh_contexts
-
-                try:
-                    self._mesh_tls = mesh_contexts(self.loaded.project_dir, config.proxy.mesh_tls)
-                except MeshTLSError as error:
-                    raise AgentError(str(error)) from None
+                self._mesh_tls = mesh_tls_contexts(self.loaded.project_dir, config.proxy.mesh_tls)
             if self._sharing() or config.peers.static:
                 mesh_socket = bind_tcp(config.proxy.mesh, purpose="mesh port", key="[proxy] mesh")
             if config.observe.otlp is not None:
@@ -290,7 +228,7 @@ class Agent:
             on_change=self._schedule_publish,
             base_env=self._child_env(config),
         )
-        admin: _EmbeddedUvicorn | None = None
+        admin: EmbeddedUvicorn | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
             # Services first. The admin API's imports (FastAPI, ~0.5 s of CPU) would compete with the
@@ -301,7 +239,7 @@ class Agent:
             await asyncio.sleep(0)  # the runners spawn the first services...
             await self._start_proxy(proxy_socket, https_socket, tls)  # ...while the proxy's code loads
             await self._start_mesh(mesh_socket, logs)
-            self._start_remote_probes()
+            self._start_remote_probes(logs)
             ready = loop.create_task(self._announce_ready(order, started_at, logs))
             tasks.append(ready)
             stopping = loop.create_task(self._stop_event.wait())
@@ -310,7 +248,8 @@ class Agent:
             )
             stopping.cancel()
             admin_module = await asyncio.to_thread(importlib.import_module, "devmesh.admin.app")
-            admin = _EmbeddedUvicorn(admin_module.create_admin_app(self), admin_socket)
+            create_admin_app: Callable[[AgentControl], object] = admin_module.create_admin_app
+            admin = EmbeddedUvicorn(create_admin_app(self), admin_socket)  # mypy: an Agent is an AgentControl
             await admin.start()
             # Everything imported so far lives as long as the agent: keep it out of the collector's
             # full passes, which would otherwise walk ~100k objects of FastAPI and pydantic in the
@@ -334,8 +273,8 @@ class Agent:
                 event="admin_started",
                 address=str(self.admin_address),
             )
-            tasks.append(loop.create_task(self._watch_config(logs)))
-            tasks.append(loop.create_task(self._sample_traffic()))
+            tasks.append(loop.create_task(watch_config(self.loaded.project_dir, lambda: self.reload(logs))))
+            tasks.append(loop.create_task(self.stream.sample_traffic(lambda: self.proxy)))
             await self._stop_event.wait()
             logs.agent("stopping services...")
         finally:
@@ -419,30 +358,6 @@ class Agent:
             if entry.name in order and entry.url:
                 logs.agent(f"  {entry.name:<16} {entry.url}")
 
-    async def _watch_config(self, logs: LogSink) -> None:
-        """Reload when a config file, an overlay or `.env` beside it changes.
-
-        Polled on the loop (a scandir of one folder every CONFIG_POLL_INTERVAL_S), not watched by a
-        watchfiles thread: that thread takes the GIL back every few milliseconds, and each time the
-        proxy's requests in flight wait for it.
-        """
-        project_dir = self.loaded.project_dir
-        seen = _config_signature(project_dir)
-        while True:
-            await asyncio.sleep(const.CONFIG_POLL_INTERVAL_S)
-            current = _config_signature(project_dir)
-            if current == seen:
-                continue
-            # Wait for the editor to finish writing (several files, or a write in pieces).
-            while True:
-                await asyncio.sleep(const.CONFIG_POLL_INTERVAL_S)
-                settled = _config_signature(project_dir)
-                if settled == current:
-                    break
-                current = settled
-            seen = current
-            await self.reload(logs)
-
     async def reload(self, logs: LogSink) -> None:
         """Apply the config on disk; an invalid one is reported and the running config kept."""
         assert self.supervisor is not None
@@ -475,16 +390,14 @@ class Agent:
         self.faults.load(loaded.config)
         summary = await self.supervisor.apply(loaded.config)
         if self.remotes is not None:
-            self.remotes.update(self._remote_targets())
-            for name in loaded.config.services:
-                self._follow_remote(name)  # runners made anew by the reload learn what is known
+            self.remotes.reload()  # runners made anew by the reload learn what is known of their remote
         logs.agent(f"config reloaded: {summary}", component="config", event="config_reloaded")
         self.events.publish(
             {"type": "agent", "time": time.time(), "event": "config_reloaded", "message": summary}
         )
         self._publish()
 
-    # -- state ---------------------------------------------------------------------------------------
+    # -- publishing ----------------------------------------------------------------------------------
 
     def _schedule_publish(self) -> None:
         if self._publish_scheduled:
@@ -507,378 +420,50 @@ class Agent:
         if self.proxy is not None and self.peers is not None:
             # Peers that left: requests in flight to them move to the next endpoint now, rather than
             # waiting out the proxy timeout on a connection nobody will answer.
-            for key in _peer_keys(previous) - _peer_keys(published):
+            for key in peer_keys(previous) - peer_keys(published):
                 self.proxy.pool.drop(key)
         if self.peers is not None:
             live = {state.catalog.peer for state in self.peers.live() if state.catalog is not None}
-            if live != self._live_peers:
-                now = time.time()
-                entries = self._peer_entries()
-                for peer in sorted(live - self._live_peers):
-                    self.events.publish(
-                        {"type": "peer", "time": now, "event": "joined", "peer": peer, "peers": entries}
-                    )
-                for peer in sorted(self._live_peers - live):
-                    self.events.publish(
-                        {"type": "peer", "time": now, "event": "left", "peer": peer, "peers": entries}
-                    )
-                self._live_peers = live
+            self.stream.peers_seen(live, self._peer_entries)
         if self.events.subscribers:
             self._send_service_changes()
 
+    def _views(self) -> dict[str, ServiceView]:
+        """The supervisor's services as published: peers merged in, remotes, mirrors, partitions, pins."""
+        if self.supervisor is None:
+            return {}
+        config = self.loaded.config
+        return published_views(
+            self.supervisor.views(config.mesh.domain),
+            config,
+            peers=live_catalogs(self.peers.live()) if self.peers is not None else None,
+            remotes=self.remotes.statuses if self.remotes is not None else {},
+            partitioned=self.faults.partitioned(),
+            pins=self._pins,
+        )
+
     def _send_service_changes(self) -> None:
-        """A `service` event for each service whose status differs from what the stream last said."""
-        current = {entry.name: entry.model_dump() for entry in self.status().services}
-        revision = self.state.snapshot.revision
-        for event in service_events(self._sent_statuses, current, time.time()):
-            event["revision"] = revision  # the snapshot it describes, as in status's agent.revision
-            self.events.publish(event)
-        self._sent_statuses = current
+        self.stream.services_seen(self.status().services, self.state.snapshot.revision)
 
     def hello(self) -> Event:
         """The first message of the events stream: everything a dashboard draws, as of now."""
         if self.events.subscribers:
             self._send_service_changes()  # the others hear of what changed since the last snapshot
-        status = self.status()
-        self._sent_statuses = {entry.name: entry.model_dump() for entry in status.services}
-        log = self.proxy.access_log if self.proxy is not None else None
-        recent = list(log.recent)[-const.EVENTS_HELLO_REQUESTS :] if log is not None else []
-        return {
-            "type": "hello",
-            "time": time.time(),
-            "status": status.model_dump(),
-            "requests": [record.summary() for record in recent],
-            "traffic": list(self.events.traffic_history),
-        }
-
-    async def _sample_traffic(self) -> None:
-        """Once a second: what each service served, for the dashboard's charts (pushed, never polled)."""
-        while True:
-            await asyncio.sleep(const.TRAFFIC_SAMPLE_INTERVAL_S)
-            if self.proxy is None or self.proxy.access_log is None:
-                continue
-            sample = self._traffic.sample(self.proxy.stats, self.proxy.access_log.recent, time.time())
-            sample["faults_injected"] = dict(self.proxy.stats.faults)  # totals, by fault name
-            self.events.traffic_history.append(
-                {key: value for key, value in sample.items() if key != "requests"}
-            )
-            if self.events.subscribers:
-                self.events.publish(sample)
+        return self.stream.hello(self.status(), self.proxy.access_log if self.proxy is not None else None)
 
     def metrics(self) -> bytes:
         """`/metrics`: Prometheus text, from the agent's own registry (built on the first scrape)."""
-        from devmesh.observe.metrics import MeshSources, metrics_registry, render
+        from devmesh.observe.metrics import render
 
         if self._metrics is None:
-            self._metrics = metrics_registry(
-                MeshSources(
-                    snapshot=lambda: self.state.snapshot,
-                    proxy_stats=lambda: self.proxy.stats if self.proxy is not None else None,
-                    mesh_stats=lambda: self.mesh_proxy.stats if self.mesh_proxy is not None else None,
-                    live_peers=lambda: len(self.peers.live()) if self.peers is not None else 0,
-                    mesh_refused=lambda: (
-                        self.mesh_proxy.mesh.refused if self.mesh_proxy and self.mesh_proxy.mesh else 0
-                    ),
-                    faults_injected=lambda: self.proxy.stats.faults if self.proxy is not None else {},
-                    peer_id=self.peer_id,
-                )
-            )
+            self._metrics = metrics_registry_of(self)
         return render(self._metrics)
-
-    def _views(self) -> dict[str, ServiceView]:
-        """The supervisor's services, with the endpoints peers offer merged in and the pins applied."""
-        if self.supervisor is None:
-            return {}
-        views = self.supervisor.views(self.loaded.config.mesh.domain)
-        live = self._live_catalogs()
-        if self.peers is not None:
-            from devmesh.peers.merge import merge_peers
-
-            views = merge_peers(
-                views,
-                live,
-                version_policy=self.loaded.config.mesh.version_policy,
-                tls=self.loaded.config.proxy.mesh_tls is not None,
-            )
-        from dataclasses import replace
-
-        from devmesh.routing.remote import add_remote, mirror_endpoint
-        from devmesh.routing.table import apply_pin
-
-        config = self.loaded.config
-        statuses = self.remotes.statuses if self.remotes is not None else {}
-        for name, view in list(views.items()):
-            if view.remote:
-                views[name] = add_remote(view, statuses.get(name), version_policy=config.mesh.version_policy)
-            spec = config.services.get(name)
-            if spec is not None and spec.mirror is not None:
-                views[name] = replace(
-                    views[name],
-                    mirror=mirror_endpoint(name, spec.mirror, live, tls=config.proxy.mesh_tls is not None),
-                )
-        partitioned = self.faults.partitioned()
-        if partitioned:
-            # A partition scenario: this agent behaves as if it could not reach those peers.
-            for name, view in list(views.items()):
-                kept = tuple(e for e in view.endpoints if e.peer_id not in partitioned)
-                if len(kept) != len(view.endpoints):
-                    view = views[name] = replace(
-                        view, endpoints=kept, detail=view.detail or "peer partitioned by a scenario"
-                    )
-                if view.mirror is not None and view.mirror.peer_id in partitioned:
-                    views[name] = replace(view, mirror=replace(view.mirror, healthy=False))
-        for name, pin in self._pins.items():
-            pinned = views.get(name)
-            if pinned is not None:
-                kept = tuple(apply_pin(list(pinned.endpoints), pin))
-                detail = (
-                    pinned.detail if kept else f"pinned to {pin} (`devmesh route {name} --clear` to undo)"
-                )
-                views[name] = replace(pinned, endpoints=kept, detail=detail)
-        return views
-
-    def _live_catalogs(self) -> list[tuple[Address, Catalog]]:
-        """The live peers' catalogs, closest first: the order their endpoints are tried in (round robin
-        among the healthy ones)."""
-        if self.peers is None:
-            return []
-        nearest = sorted(self.peers.live(), key=lambda state: state.latency_s)
-        return [(s.address, s.catalog) for s in nearest if s.catalog is not None]
-
-    # -- the remote fallback's probes ------------------------------------------------------------------
-
-    def _remote_targets(self) -> dict[str, RemoteTarget]:
-        """Each service's remote, and the path to ask it for (its `health.http`, else `/`)."""
-        from devmesh.health.remote import RemoteTarget
-
-        return {
-            name: RemoteTarget(spec.remote, spec.health.http if spec.health and spec.health.http else "/")
-            for name, spec in self.loaded.config.services.items()
-            if spec.remote is not None
-        }
-
-    def _start_remote_probes(self) -> None:
-        """Probe every remote in the background while the agent runs (`health.remote`)."""
-        from devmesh.health.remote import RemoteProber
-
-        assert self.proxy is not None
-        self.remotes = RemoteProber(tls_context=self.proxy.pool.tls_context, on_change=self._remote_changed)
-        self.remotes.update(self._remote_targets())
-
-    def _remote_changed(self, name: str) -> None:
-        """A probe changed what is known of `name`'s remote: say so (once per change), tell a remote-only
-        service's runner, and publish a snapshot with the remote's new health and version."""
-        self._log_remote(name)
-        self._follow_remote(name)
-        self._schedule_publish()
-
-    def _follow_remote(self, name: str) -> None:
-        from devmesh.routing.remote import remote_health
-
-        spec = self.loaded.config.services.get(name)
-        if self.supervisor is None or spec is None or self.remotes is None:
-            return
-        usable, detail = remote_health(
-            self.remotes.statuses.get(name), spec.requires, self.loaded.config.mesh.version_policy
-        )
-        self.supervisor.follow_remote(name, usable, detail)
-
-    def _log_remote(self, name: str) -> None:
-        from devmesh.routing.remote import version_accepted
-
-        spec = self.loaded.config.services.get(name)
-        status = self.remotes.statuses.get(name) if self.remotes is not None else None
-        if spec is None or spec.remote is None or status is None or self._logs is None:
-            return
-        policy = self.loaded.config.mesh.version_policy
-        outside = not version_accepted(status.version, spec.requires)
-        said = (
-            status.healthy,
-            status.reason if not status.healthy else None,
-            outside,
-            status.version,
-            policy,
-        )
-        if self._remote_said.get(name) == said:
-            return
-        previous = self._remote_said.get(name)
-        self._remote_said[name] = said
-        remote = spec.remote
-        if not status.healthy:
-            self._logs.agent(
-                f"{name}: its remote {remote} is not usable: {status.reason}",
-                component="health",
-                level="warning",
-                event="remote_unhealthy",
-                service=name,
-                remote=remote,
-                reason=status.reason,
-            )
-        elif previous is not None and not previous[0]:
-            self._logs.agent(
-                f"{name}: its remote {remote} answers again",
-                component="health",
-                event="remote_healthy",
-                service=name,
-                remote=remote,
-            )
-        if outside and status.healthy:
-            used = 'used anyway (version_policy = "warn")' if policy == "warn" else "not used"
-            self._logs.agent(
-                f"{name}: its remote {remote} announces {status.version}, outside requires "
-                f"{spec.requires!r}; {used}",
-                component="health",
-                level="warning",
-                event="remote_version_mismatch",
-                service=name,
-                remote=remote,
-                version=status.version,
-                requires=spec.requires,
-                policy=policy,
-            )
-
-    def recent_requests(
-        self,
-        *,
-        service: str | None = None,
-        status: str | None = None,
-        trace_id: str | None = None,
-        limit: int = 100,
-    ) -> list[dict[str, object]]:
-        """Recent proxied requests, newest last, filtered: `status` is a code (`502`) or a class (`5xx`)."""
-        log = self.proxy.access_log if self.proxy is not None else None
-        if log is None:
-            return []
-        matches = status_filter(status)
-        found: list[dict[str, object]] = []
-        for record in reversed(log.recent):
-            if len(found) >= limit:
-                break
-            if service and record.service != service:
-                continue
-            if trace_id and trace_id not in (record.trace_id, record.traceparent[3:35]):
-                continue
-            if matches is not None and not matches(record.status):
-                continue
-            found.append(record.summary(headers=True))
-        found.reverse()
-        return found
-
-    def recent_request(self, request_id: int) -> dict[str, object] | None:
-        log = self.proxy.access_log if self.proxy is not None else None
-        record = log.find(request_id) if log is not None else None
-        return record.summary(headers=True) if record is not None else None
-
-    async def replay(self, request_id: int) -> dict[str, object]:
-        """Send a recorded request again, through this agent's proxy, with its original headers."""
-        from devmesh.agent.replay import replay_request
-        from devmesh.supervisor.manager import SupervisorError
-
-        log = self.proxy.access_log if self.proxy is not None else None
-        record = log.find(request_id) if log is not None else None
-        if record is None or self.listen_address is None:
-            raise SupervisorError(
-                f"no recent request {request_id} (the agent keeps the last {self.loaded.config.observe.requests_kept}; "
-                "see `GET /api/v1/requests`)",
-                status=404,
-            )
-        result = await replay_request(record, self.listen_address)
-        # The proxy recorded the replay as a new request: find it by its trace id, newest first.
-        result["id"] = None
-        assert log is not None
-        for entry in reversed(log.recent):
-            if entry.trace_id == result["trace_id"]:
-                result["id"] = entry.id
-                break
-        return result
-
-    # -- faults and scenarios ------------------------------------------------------------------------
-
-    def fault_list(self) -> list[dict[str, object]]:
-        injected = self.proxy.stats.faults if self.proxy is not None else {}
-        return [policy_summary(policy, injected.get(policy.name, 0)) for policy in self.faults.policies()]
-
-    def add_fault(self, policy: FaultPolicy) -> None:
-        self.faults.add(policy)
-
-    def remove_fault(self, name: str) -> None:
-        self.faults.remove(name)
-
-    def set_fault_enabled(self, name: str, enabled: bool) -> None:
-        self.faults.set_enabled(name, enabled)
-
-    def clear_faults(self) -> None:
-        self.faults.clear()
-
-    def scenario_list(self) -> list[dict[str, object]]:
-        return self.faults.available()
-
-    def run_scenario(self, name: str, duration_s: float | None) -> dict[str, object]:
-        peers = {s.catalog.peer for s in self.peers.peers if s.catalog is not None} if self.peers else set()
-        run = self.faults.run(
-            name,
-            duration_s=duration_s,
-            loop=asyncio.get_running_loop(),
-            services=set(self._views()),
-            peers=peers,
-        )
-        return run.summary()
-
-    def stop_scenario(self, name: str) -> None:
-        self.faults.stop(name)
-
-    def _faults_changed(self, event: str, details: dict[str, object]) -> None:
-        """A fault or scenario changed: a new snapshot for the proxy, an event for the stream."""
-        if self.supervisor is not None:
-            self._publish()
-        kind = "scenario" if event.startswith("scenario_") else "fault"
-        self.events.publish(
-            {
-                "type": kind,
-                "time": time.time(),
-                "event": event.removeprefix("scenario_"),
-                **details,
-                "faults": self.fault_list(),
-                "scenarios": self.faults.scenarios(),
-            }
-        )
-        if self._logs is not None:
-            subject = details.get("scenario") or details.get("fault") or "all faults"
-            self._logs.agent(
-                f"{kind} {subject}: {event.removeprefix('scenario_')}",
-                component="proxy",
-                event=f"{kind}_{event.removeprefix('scenario_')}",
-                details=details,
-            )
-
-    # -- pins (`devmesh route`) -----------------------------------------------------------------------
-
-    @property
-    def pins(self) -> dict[str, str]:
-        return dict(self._pins)
-
-    def pin(self, name: str, pin: str) -> None:
-        from devmesh.routing.table import parse_pin
-        from devmesh.supervisor.manager import SupervisorError
-
-        parsed = parse_pin(pin)
-        if parsed is None:
-            raise SupervisorError("a pin is local, remote or peer=ID")
-        if name not in self._views():
-            raise SupervisorError(f"no service named {name!r} (here or at a peer)", status=404)
-        self._pins[name] = parsed
-        self.events.publish({"type": "route", "time": time.time(), "service": name, "pin": parsed})
-        self._publish()
-
-    def unpin(self, name: str) -> None:
-        if self._pins.pop(name, None) is not None:
-            self.events.publish({"type": "route", "time": time.time(), "service": name, "pin": None})
-        self._publish()
 
     def status(self) -> StatusDocument:
         from devmesh.admin.models import AgentInfo, StatusDocument
 
         views = self._views()
+        config = self.loaded.config
         return StatusDocument(
             mesh=self.loaded.mesh_name,
             agent=AgentInfo(
@@ -894,77 +479,24 @@ class Agent:
                 config_error=self.config_error,
                 revision=self.state.snapshot.revision,
             ),
-            services=[self._service_status(view) for view in views.values()],
+            services=[
+                service_status(
+                    view,
+                    spec=config.services.get(view.name),
+                    pin=self._pins.get(view.name),
+                    url=service_url(view, listen=self.listen_address, domain=config.mesh.domain),
+                )
+                for view in views.values()
+            ],
             peers=self._peer_entries(),
             faults=self.fault_list(),
             scenarios=self.faults.scenarios(),
         )
 
     def _peer_entries(self) -> list[dict[str, object]]:
-        return [
-            {
-                "peer": state.peer,
-                "address": str(state.address),
-                "alive": state.catalog is not None,
-                "latency_ms": round(state.latency_s * 1000, 2),
-                "services": [
-                    {"name": s.name, "version": s.version, "healthy": s.healthy}
-                    for s in (state.catalog.services if state.catalog else [])
-                ],
-                "error": state.error,
-            }
-            for state in (self.peers.peers if self.peers is not None else [])
-        ]
+        return peer_entries(self.peers.peers if self.peers is not None else [])
 
-    def _service_status(self, view: ServiceView) -> ServiceStatus:
-        from devmesh.admin.models import EndpointStatus, ServiceStatus
-
-        url = self.service_url(view)
-        spec = self.loaded.config.services.get(view.name)
-        return ServiceStatus(
-            name=view.name,
-            origin=view.origin.value,
-            state=view.state.value,
-            health=view.health.value,
-            pid=view.pid,
-            port=view.port,
-            url=url,
-            version=view.version,
-            hosts=list(view.hosts),
-            restarts=view.restarts,
-            detail=view.detail if view.health != Health.HEALTHY else None,
-            depends_on=list(spec.depends_on) if spec is not None else [],
-            requires=view.requires,
-            remote=view.remote,
-            pin=self._pins.get(view.name),
-            endpoints=[
-                EndpointStatus(
-                    address=endpoint.authority,
-                    origin=endpoint.origin.value,
-                    peer=endpoint.peer_id,
-                    version=endpoint.version,
-                    healthy=endpoint.healthy,
-                )
-                for endpoint in view.endpoints
-            ],
-        )
-
-    def service_url(self, view: ServiceView) -> str | None:
-        """`http://api.localhost:7080`: where a browser reaches the service through the proxy."""
-        if self.listen_address is None:
-            return f"http://127.0.0.1:{view.port}" if view.port is not None else None
-        domain = self.loaded.config.mesh.domain
-        suffix = "." + domain
-        port = self.listen_address.port
-        authority_port = "" if port == 80 else f":{port}"
-        for host in view.hosts:
-            if not host.startswith("*."):
-                full = host if host.endswith(suffix) or host == domain else host + suffix
-                return f"http://{full}{authority_port}"
-        if view.routes:
-            prefix = view.routes[0].rstrip("*")
-            return f"http://{domain}{authority_port}{prefix}"
-        return None
+    # -- the parts, as start-up makes them -----------------------------------------------------------
 
     def _access_log_path(self) -> Path | None:
         """`[observe] access_log_path`: `.devmesh/logs/access.log` by default, "-" for the terminal."""
@@ -1005,106 +537,17 @@ class Agent:
         if https_socket is not None:
             await self.proxy.start(https_socket, tls=tls)
 
-    # -- peers ---------------------------------------------------------------------------------------
-
-    def _sharing(self) -> bool:
-        return self.loaded.config.mesh.share or self._share_flag
-
-    def offers(self, name: str) -> bool:
-        """Whether this agent offers `name` to its peers (`share` per service, default [mesh] share)."""
-        spec = self.loaded.config.services.get(name)
-        if spec is None or (spec.command is None and spec.port is None):
-            return False  # only what runs here; never a peer's service passed on
-        return spec.share if spec.share is not None else self._sharing()
-
-    def _mesh_key(self) -> bytes | None:
-        from devmesh.peers.signing import mesh_key
-
-        secret = self.loaded.config.mesh.secret
-        return mesh_key(self.loaded.mesh_name, secret) if secret else None
-
-    def catalog_json(self) -> bytes:
-        from devmesh.peers.catalog import Catalog, OfferedService
-        from devmesh.peers.signing import mesh_hash
-
-        views = self.supervisor.views(self.loaded.config.mesh.domain) if self.supervisor else {}
-        offered = [
-            OfferedService(view.name, view.version, view.health == Health.HEALTHY)
-            for view in views.values()
-            if self.offers(view.name)
-        ]
-        return Catalog(
-            peer=self.peer_id,
-            mesh=mesh_hash(self.loaded.mesh_name, self.loaded.config.mesh.secret),
-            epoch=self.epoch,
-            revision=self.state.snapshot.revision,
-            services=offered,
-        ).to_json()
-
-    def _mdns(self) -> bool:
-        """mDNS runs for a team mesh (a secret set, or services shared), never for a project alone:
-        without either, nothing devmesh does leaves loopback."""
-        config = self.loaded.config
-        return config.peers.discovery == "mdns" and bool(config.mesh.secret or self._sharing())
-
-    async def _start_mesh(self, sock: socket.socket | None, logs: LogSink) -> None:
-        """Serve the mesh port (when there is one) and follow peers (static, and found by mDNS)."""
-        from devmesh.peers.follower import PeerFollower
-        from devmesh.peers.policy import MeshPolicy
-        from devmesh.peers.signing import Verifier, mesh_hash
-
-        config = self.loaded.config
-        key = self._mesh_key()
-        if sock is not None:
-            from devmesh.proxy.server import ProxyServer
-
-            if key is None and self._sharing():
-                logs.agent(
-                    "warning: this mesh is shared without a secret: anyone who can reach "
-                    f"{self.mesh_address} can call the services it offers (set [mesh] secret)"
-                )
-            policy = MeshPolicy(
-                Verifier(key) if key is not None else None, catalog=self.catalog_json, offers=self.offers
-            )
-            self.mesh_proxy = ProxyServer(
-                self.state, timeout_s=config.proxy.timeout, retries=config.proxy.retries, mesh=policy
-            )
-            await self.mesh_proxy.start(sock, tls=self._mesh_tls[0] if self._mesh_tls else None)
-            offered = [name for name in config.services if self.offers(name)]
-            logs.agent(
-                f"mesh port on {self.mesh_address} as peer {self.peer_id}"
-                + (f", offering {', '.join(offered)}" if offered else ", offering nothing")
-            )
-        if not (config.peers.static or self._mdns()):
-            return
-        digest = mesh_hash(self.loaded.mesh_name, config.mesh.secret)
-        self.peers = PeerFollower(
-            list(config.peers.static),
-            key=key,
-            peer_id=self.peer_id,
-            mesh_hash=digest,
+    def _start_remote_probes(self, logs: LogSink) -> None:
+        """Probe every remote in the background while the agent runs (`health.remote`)."""
+        assert self.proxy is not None and self.supervisor is not None
+        self.remotes = RemoteWatch(
+            config=lambda: self.loaded.config,
+            supervisor=self.supervisor,
+            logs=logs,
+            tls_context=self.proxy.pool.tls_context,
             on_change=self._schedule_publish,
-            log=logs.agent,
-            tls=self._mesh_tls[1] if self._mesh_tls else None,
         )
-        self.peers.start()
-        if self._mdns():
-            from devmesh.peers.mdns import MdnsDiscovery
-
-            self.discovery = MdnsDiscovery(
-                peer_id=self.peer_id,
-                mesh_hash=digest,
-                epoch=self.epoch,
-                announce=self.mesh_address if self._sharing() else None,
-                interfaces=list(config.peers.interfaces),
-                follower=self.peers,
-                log=logs.agent,
-            )
-            try:
-                await self.discovery.start()
-            except OSError as error:
-                logs.agent(f"mDNS discovery is off: {error.strerror or error} (check [peers] interfaces)")
-                self.discovery = None
+        self.remotes.start()
 
     def _child_env(self, config: MeshConfig) -> dict[str, str]:
         """The agent's environment, plus where each service is reached through the proxy:
@@ -1117,76 +560,10 @@ class Agent:
             view = ServiceView(
                 name, Origin.LOCAL, RunState.STOPPED, Health.UNKNOWN, hosts, tuple(spec.routes)
             )
-            url = self.service_url(view)
+            url = service_url(view, listen=self.listen_address, domain=config.mesh.domain)
             if url is not None:
                 env[f"DEVMESH_{name.upper().replace('-', '_')}_URL"] = url
         return env
-
-    def _tls_context(self) -> tuple[ssl.SSLContext, str | None]:
-        """The HTTPS listener's context, with certificates for the mesh's names issued on demand by
-        devmesh's local CA (created on first use); and a note for the terminal if it was just created."""
-        from devmesh.tls import CAError, LocalCA
-
-        try:
-            ca, created = LocalCA.load_or_create()
-        except CAError as error:
-            raise AgentError(f"[proxy] https is set, but {error}") from None
-        domain = self.loaded.config.mesh.domain
-        suffix = "." + domain
-        context = ca.server_context(
-            [domain, "localhost", "127.0.0.1", "::1"],
-            accept_name=lambda name: name == domain or name.endswith(suffix),
-        )
-        note = f"created a local certificate authority in {ca.directory}; run `devmesh trust` to trust it"
-        return context, note if created else None
-
-    # -- control (the admin API calls these) ---------------------------------------------------------
-
-    async def start_service(self, name: str) -> list[str]:
-        assert self.supervisor is not None
-        return await self.supervisor.start_service(name)
-
-    async def stop_service(self, name: str) -> None:
-        assert self.supervisor is not None
-        await self.supervisor.stop_service(name)
-
-    async def restart_service(self, name: str) -> None:
-        assert self.supervisor is not None
-        await self.supervisor.restart_service(name)
-
-    def register(self, name: str, *, port: int, version: str | None, health: HealthSection | None) -> None:
-        assert self.supervisor is not None
-        self.supervisor.register(name, port=port, version=version, health=health)
-
-    async def unregister(self, name: str) -> None:
-        assert self.supervisor is not None
-        await self.supervisor.unregister(name)
-
-
-def _peer_keys(snapshot: MeshSnapshot) -> set[tuple[str, int]]:
-    return {
-        (endpoint.host, endpoint.port)
-        for view in snapshot.services.values()
-        for endpoint in view.endpoints
-        if endpoint.origin is Origin.PEER
-    }
-
-
-def _config_signature(project_dir: Path) -> dict[str, tuple[int, int, int]]:
-    """(mtime, size, inode) of each config file, overlay and `.env` in the project folder: file times
-    are coarse (a few ms), and an editor that saves by renaming changes the inode."""
-    signature: dict[str, tuple[int, int, int]] = {}
-    try:
-        entries = list(os.scandir(project_dir))
-    except OSError:
-        return signature
-    for entry in entries:
-        name = entry.name
-        if name == ".env" or (name.startswith("devmesh.") and name.endswith((".toml", ".yaml", ".yml"))):
-            with contextlib.suppress(OSError):
-                stat = entry.stat()
-                signature[name] = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    return signature
 
 
 def run_agent(loaded: LoadedConfig, *, services: Sequence[str] | None = None, share: bool = False) -> int:
@@ -1200,17 +577,3 @@ def run_agent(loaded: LoadedConfig, *, services: Sequence[str] | None = None, sh
         runner = asyncio.Runner()
     with runner:
         return runner.run(agent.run())
-
-
-def status_filter(status: str | None) -> Callable[[int], bool] | None:
-    """`502` matches that code, `5xx` the class; None or "" matches all. A bad filter matches nothing."""
-    if not status:
-        return None
-    text = status.strip().lower()
-    if len(text) == 3 and text.endswith("xx") and text[0].isdigit():
-        low = int(text[0]) * 100
-        return lambda code: low <= code < low + 100
-    if text.isdigit():
-        wanted = int(text)
-        return lambda code: code == wanted
-    return lambda code: False
