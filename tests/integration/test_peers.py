@@ -344,3 +344,63 @@ def test_a_partition_scenario_cuts_one_peer_off_for_its_duration(tmp_path: Path)
         assert http(mesh_port, "x", "/")[0] == 401  # alice herself is untouched: only bob's view is cut
         assert devmesh("chaos", "stop", f"partition:{alice_id}", cwd=bob.root).returncode == 0
         assert http(bob_listen, "api.localhost", "/hello")[0] == 200
+
+
+PEER_SERVED = 'depends_on = ["api"]\n[services.api]\nrequires = "^1.4"\n'
+
+
+def test_a_service_declared_to_be_served_by_a_peer_is_up_while_a_peer_serves_it(tmp_path: Path) -> None:
+    mesh_port = free_port()
+    alice, bob = project_in(tmp_path, "alice"), project_in(tmp_path, "bob")
+    offering_agent(alice, mesh_port=mesh_port)
+    bob_listen = following_agent(bob, peer_port=mesh_port, extra=PEER_SERVED)
+    with running_agent(bob) as following:
+        # alice is not there yet: api is not available, and says why; web waits for it.
+        api = wait_for(
+            lambda: (e := _service(following, "api"))["health"] == "unhealthy" and e,
+            timeout=10,
+            what="api found not served",
+        )
+        assert (api["origin"], api["state"]) == ("peer", "stopped")
+        assert api["detail"] == f"peer at 127.0.0.1:{mesh_port}: its mesh port is closed"
+        web = _service(following, "web")
+        assert (web["state"], web["detail"]) == ("starting", "waiting for api")
+        assert web["pid"] is None, "web must not start before api is reachable"
+
+        with running_agent(alice) as offering:
+            offering.wait_healthy("api")
+            document = following.wait_healthy("api", "web")
+            api = next(entry for entry in document["services"] if entry["name"] == "api")
+            assert (api["origin"], api["state"], api["health"]) == ("peer", "running", "healthy")
+            assert [(e["origin"], e["version"], e["healthy"]) for e in api["endpoints"]] == [
+                ("peer", "1.4.2", True)
+            ]
+            status, headers, _ = http(bob_listen, "api.localhost", "/hello")
+            assert status == 200 and headers["x-devmesh-served-by"].endswith("/api@1.4.2")
+
+        # alice stopped: api is no longer served, with the reason; web keeps running.
+        api = wait_for(
+            lambda: (e := _service(following, "api"))["health"] == "unhealthy" and e,
+            timeout=8,
+            what="api no longer served",
+        )
+        assert api["state"] == "stopped"
+        assert "its mesh port is closed" in api["detail"]
+        assert _service(following, "web")["state"] == "running"
+
+
+def test_up_detach_names_why_a_peer_served_service_is_not_up(tmp_path: Path) -> None:
+    from support import devmesh
+
+    mesh_port = free_port()
+    bob = project_in(tmp_path, "bob")
+    following_agent(bob, peer_port=mesh_port, extra=PEER_SERVED)
+    try:
+        result = devmesh("up", "--detach", "--timeout", "3", cwd=bob.root)
+        assert result.returncode != 0
+        output = result.stdout + result.stderr
+        assert "not every service was healthy within 3s" in output
+        assert f"peer at 127.0.0.1:{mesh_port}: its mesh port is closed" in output, output
+    finally:
+        assert devmesh("down", cwd=bob.root).returncode == 0
+    wait_for(lambda: not bob.leftovers(), timeout=10, what="no process left behind")

@@ -51,6 +51,7 @@ from devmesh.agent.views import (
     live_catalogs,
     peer_entries,
     peer_keys,
+    peer_source,
     published_views,
     service_status,
     service_url,
@@ -124,6 +125,7 @@ class Agent(AdminControls, MeshPeering):
         self.faults = FaultBook(on_change=self._faults_changed)
         self.faults.load(loaded.config)
         self.remotes: RemoteWatch | None = None  # probes each service's `remote` (health, version)
+        self._mesh_started: float | None = None  # monotonic time the peers began to be followed
 
     @property
     def token(self) -> str:
@@ -239,6 +241,10 @@ class Agent(AdminControls, MeshPeering):
             await asyncio.sleep(0)  # the runners spawn the first services...
             await self._start_proxy(proxy_socket, https_socket, tls)  # ...while the proxy's code loads
             await self._start_mesh(mesh_socket, logs)
+            self._mesh_started = time.monotonic()
+            self._follow_peers()
+            if self.peers is not None:
+                tasks.append(loop.create_task(self._keep_following_peers()))
             self._start_remote_probes(logs)
             ready = loop.create_task(self._announce_ready(order, started_at, logs))
             tasks.append(ready)
@@ -410,8 +416,9 @@ class Agent(AdminControls, MeshPeering):
         if self.supervisor is None:
             return
         previous = self.state.snapshot
+        views = self._views()
         published = self.state.publish(
-            self._views(),
+            views,
             mesh=self.loaded.mesh_name,
             domain=self.loaded.config.mesh.domain,
             config_error=self.config_error,
@@ -427,6 +434,34 @@ class Agent(AdminControls, MeshPeering):
             self.stream.peers_seen(live, self._peer_entries)
         if self.events.subscribers:
             self._send_service_changes()
+        self._follow_peers(views)
+
+    def _follow_peers(self, views: dict[str, ServiceView] | None = None) -> None:
+        """Tell each service served elsewhere (no command, no port) what the peers say of it, from the
+        published `views`. A change of its state publishes again; the same verdict does not."""
+        if self.supervisor is None or self._mesh_started is None:
+            return
+        names = self.supervisor.elsewhere()
+        if not names:
+            return
+        if self.peers is None:
+            for name in names:
+                self.supervisor.follow_peers(name, None)
+            return
+        views = views if views is not None else self._views()
+        # mDNS may still find a peer: for a moment after start, "none found" is not an answer yet.
+        searching = self.discovery is not None and time.monotonic() - self._mesh_started < const.PEER_EXPIRE_S
+        for name in names:
+            self.supervisor.follow_peers(
+                name, peer_source(views.get(name), self.peers.peers, searching=searching)
+            )
+
+    async def _keep_following_peers(self) -> None:
+        """A peer's first failure, or the end of the mDNS search, publishes nothing by itself: look again
+        at every poll."""
+        while True:
+            await asyncio.sleep(const.PEER_POLL_INTERVAL_S)
+            self._follow_peers()
 
     def _views(self) -> dict[str, ServiceView]:
         """The supervisor's services as published: peers merged in, remotes, mirrors, partitions, pins."""

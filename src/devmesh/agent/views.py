@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from devmesh.peers.catalog import Catalog
     from devmesh.peers.follower import PeerState
     from devmesh.routing.remote import RemoteStatus
+    from devmesh.supervisor.elsewhere import Source
 
 
 def published_views(
@@ -120,6 +121,42 @@ def with_pins(views: Mapping[str, ServiceView], pins: Mapping[str, str]) -> dict
             detail = pinned.detail if kept else f"pinned to {pin} (`devmesh route {name} --clear` to undo)"
             pinned_views[name] = replace(pinned, endpoints=kept, detail=detail)
     return pinned_views
+
+
+def peer_source(view: ServiceView | None, states: Sequence[PeerState], *, searching: bool) -> Source:
+    """What the followed peers (`states`) say of a service served elsewhere, from its published view
+    (peers' endpoints merged in, `requires` applied): usable while a healthy peer endpoint is in it; not
+    known yet while a followed peer has neither answered nor failed, or while none is known and mDNS is
+    still `searching`; else not usable, and why (versions outside `requires`, peers that do not offer it,
+    peers that do not answer)."""
+    from devmesh.routing.remote import NO_MATCH
+    from devmesh.supervisor.elsewhere import Source
+
+    endpoints = [e for e in view.endpoints if e.origin is Origin.PEER] if view is not None else []
+    if any(e.healthy for e in endpoints):
+        return Source(True)
+    reasons: list[str] = []
+    if view is not None and view.detail and view.detail.startswith(NO_MATCH):
+        reasons.append(view.detail)
+    elif endpoints:
+        reasons.append("unhealthy at " + ", ".join(f"peer {e.peer_id}" for e in endpoints))
+    else:
+        live = [str(state.peer) for state in states if state.catalog is not None]
+        if live:
+            reasons.append(f"no peer offers it (live: {', '.join(live)})")
+    reasons += [
+        f"peer at {state.address}: {state.error}"
+        for state in states
+        if state.catalog is None and state.error is not None
+    ]
+    unheard = [str(state.address) for state in states if state.catalog is None and state.error is None]
+    if unheard:
+        return Source(None, "; ".join([f"waiting for peers ({', '.join(unheard)})", *reasons]))
+    if not states:
+        if searching:
+            return Source(None, "waiting for peers (none found by mDNS yet)")
+        return Source(False, "no peer found")
+    return Source(False, "; ".join(reasons) or "no peer serves it")
 
 
 def peer_keys(snapshot: MeshSnapshot) -> set[tuple[str, int]]:

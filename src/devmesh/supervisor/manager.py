@@ -12,6 +12,7 @@ from typing import Any
 
 from devmesh.config.schema import HealthSection, MeshConfig, ServiceSection
 from devmesh.mesh.snapshot import Health, Origin, RunState, ServiceView
+from devmesh.supervisor.elsewhere import Source, decide, served_elsewhere
 from devmesh.supervisor.logs import LogSink
 from devmesh.supervisor.ports import PortAllocator
 from devmesh.supervisor.runner import ServiceRunner
@@ -46,55 +47,73 @@ class ReloadSummary:
 
 def remote_only(spec: ServiceSection) -> bool:
     """A service declared with only a `remote` (no command, no port, no health command to run here)."""
-    return (
-        spec.remote is not None
-        and spec.command is None
-        and spec.port is None
-        and (spec.health is None or spec.health.cmd is None)
-    )
+    return spec.remote is not None and served_elsewhere(spec)
 
 
 class RemoteRunner(ServiceRunner):
-    """A service that has only a `remote`: nothing runs here, its remote serves it.
+    """A service served elsewhere (`supervisor.elsewhere`): nothing runs here, a peer or its remote
+    serves it.
 
-    It is running and healthy while the agent's probes find its remote answering (with a version that
-    `requires` accepts), "starting" until the first probe, stopped and unhealthy while the remote does
-    not answer, as a service started elsewhere is while its check fails. So `devmesh up`, `devmesh
-    wait` and `depends_on` wait for the remote as they wait for a local service, instead of forever.
+    It is running and healthy while the agent finds a healthy peer endpoint that `requires` accepts
+    (`follow_peers`) or its remote usable (`follow_remote`); "starting" while a peer or the remote has
+    not been heard from yet; stopped and unhealthy, with the reasons, once none of them serves it. So
+    `devmesh up`, `devmesh wait` and `depends_on` wait for it as they wait for a local service, instead
+    of forever. Its origin is `remote` when it has a remote, else `peer`.
     """
 
     def __init__(self, name: str, spec: ServiceSection, **kwargs: Any) -> None:
         super().__init__(name, spec, **kwargs)
-        self._remote: tuple[bool, str | None] | None = None  # (usable, why not); None: not probed yet
+        remote = spec.remote
+        self._remote: Source | None = (
+            Source(None, f"waiting for the first answer of {remote}") if remote is not None else None
+        )
+        # Until the agent says whether and what its peers serve: not known yet, unless it has a remote
+        # (then it follows its remote alone until peers are known to be followed).
+        self._peers: Source | None = None if remote is not None else Source(None, "waiting for peers")
         self._following = False
 
     def follow_remote(self, usable: bool | None, detail: str | None) -> None:
         """The agent's verdict on the remote after a probe (`routing.remote.remote_health`)."""
-        self._remote = None if usable is None else (usable, detail)
-        if self._following:
-            self._apply_remote()
+        if self.spec.remote is None:
+            return
+        if usable is None:
+            detail = f"waiting for the first answer of {self.spec.remote}"
+        elif not usable:
+            detail = detail or "the remote is not answering"
+        self._remote = Source(usable, None if usable else detail)
+        self._apply(force=True)
+
+    def follow_peers(self, source: Source | None) -> None:
+        """What the agent's peers say of this service (`agent.views.peer_source`); None: no peers are
+        followed at all. Only a change is published."""
+        if source == self._peers:
+            return
+        self._peers = source
+        self._apply()
 
     async def _watch_external(self) -> None:
         self._following = True
         try:
-            self._apply_remote()
+            self._apply(force=True)
             await self._stop_event.wait()
         finally:
             self._following = False
         self._set_state(RunState.STOPPED)
 
-    def _apply_remote(self) -> None:
-        if self._remote is None:
-            self._set_state(RunState.STARTING, detail=f"waiting for the first answer of {self.spec.remote}")
+    def _apply(self, *, force: bool = False) -> None:
+        if not self._following:
             return
-        usable, detail = self._remote
-        if usable:
+        state, health, detail = decide(self._peers, self._remote)
+        if not force and (state, health, detail) == (self.state, self.health, self.detail):
+            return
+        if health is Health.HEALTHY:
             self.detail = None
             self._set_health(Health.HEALTHY)
             self._set_state(RunState.RUNNING)
             return
-        self._set_state(RunState.STOPPED, detail=detail or "the remote is not answering")
-        self._set_health(Health.UNHEALTHY)
+        self.detail = detail
+        self._set_state(state)
+        self._set_health(health)
         self._notify()
 
 
@@ -209,10 +228,21 @@ class Supervisor:
             self.up([name])
 
     def follow_remote(self, name: str, usable: bool | None, detail: str | None) -> None:
-        """What the agent's probes found of `name`'s remote: a remote-only service follows it."""
+        """What the agent's probes found of `name`'s remote: a service served elsewhere follows it."""
         runner = self.runners.get(name)
         if isinstance(runner, RemoteRunner):
             runner.follow_remote(usable, detail)
+
+    def elsewhere(self) -> list[str]:
+        """The services with nothing to run or check here: a peer or their remote serves them."""
+        return [name for name, runner in self.runners.items() if isinstance(runner, RemoteRunner)]
+
+    def follow_peers(self, name: str, source: Source | None) -> None:
+        """What the agent's peers say of `name` (None: no peers are followed): a service served
+        elsewhere follows it."""
+        runner = self.runners.get(name)
+        if isinstance(runner, RemoteRunner):
+            runner.follow_peers(source)
 
     # -- registrations -------------------------------------------------------------------------------
 
@@ -319,7 +349,7 @@ class Supervisor:
             self._ports.reserve(port)
         elif port is None and spec.command is not None:
             port = self._ports.allocate()
-        if origin is Origin.LOCAL and remote_only(spec):
+        if origin is Origin.LOCAL and served_elsewhere(spec):
             return RemoteRunner(
                 name,
                 spec,
@@ -329,7 +359,7 @@ class Supervisor:
                 logs=self._logs,
                 on_change=self._on_change,
                 base_env=self._base_env,
-                origin=Origin.REMOTE,
+                origin=Origin.REMOTE if spec.remote is not None else Origin.PEER,
             )
         return ServiceRunner(
             name,
