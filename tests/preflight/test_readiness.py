@@ -157,3 +157,15 @@ def test_ready_after_keeps_the_first_time() -> None:
     tracker.apply({"type": "service", "service": entry("api", health="unhealthy")})
     tracker.apply({"type": "service", "service": entry("api")})
     assert tracker.ready_after == {"api": 0.0}
+
+
+def test_a_service_of_the_config_that_only_a_peer_serves_is_waited_for() -> None:
+    from devmesh.preflight.readiness import ReadinessTracker, declared
+
+    offered = {"name": "search", "origin": "peer", "state": "running", "health": "healthy", "declared": False}
+    ours = {"name": "api", "origin": "peer", "state": "starting", "health": "unknown", "declared": True}
+    old_agent = {"name": "web", "origin": "local", "state": "running", "health": "healthy"}
+    assert not declared(offered) and declared(ours) and declared(old_agent)
+    tracker = ReadinessTracker(healthy=True, names=[], started=0.0, clock=lambda: 0.0)
+    tracker.hello({"mesh": "shop", "services": [offered, ours, old_agent]})
+    assert tracker.wanted() == ["api", "web"] and list(tracker.waiting()) == ["api"]

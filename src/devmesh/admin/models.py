@@ -28,6 +28,7 @@ class ServiceStatus(BaseModel):
     restarts: int
     detail: str | None = None
     depends_on: list[str] = Field(default_factory=list)
+    declared: bool = True  # in this project's config (or registered here); False: only a peer offers it
     requires: str | None = None
     remote: str | None = None
     pin: str | None = None  # set by `devmesh route`: local | remote | peer=ID

@@ -223,6 +223,7 @@ def service_status(
         restarts=view.restarts,
         detail=view.detail if view.health != Health.HEALTHY else None,
         depends_on=list(spec.depends_on) if spec is not None else [],
+        declared=spec is not None or view.origin is not Origin.PEER,
         requires=view.requires,
         remote=view.remote,
         pin=pin,

@@ -117,9 +117,9 @@ def wait(ctx: click.Context, services: tuple[str, ...], healthy: bool, timeout: 
         lines.append("  (`devmesh status` for the whole mesh, `devmesh logs SERVICE` for a service's output)")
         _fail("\n".join(lines))
     assert result.status is not None
-    names = list(services) or [
-        entry["name"] for entry in result.status["services"] if entry.get("origin") != "peer"
-    ]
+    from devmesh.preflight.readiness import declared
+
+    names = list(services) or [entry["name"] for entry in result.status["services"] if declared(entry)]
     what = ", ".join(names) if names else "no service"
     click.echo(f"mesh {result.status['mesh']}: {what} {word} ({result.elapsed:.1f}s)")
 

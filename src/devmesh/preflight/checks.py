@@ -19,7 +19,7 @@ from devmesh.config import ConfigError, find_config, load_config
 from devmesh.peers.versions import satisfies
 from devmesh.preflight.agents import start_for_check, stop_for_check
 from devmesh.preflight.ports import check_ports_answer, check_ports_free
-from devmesh.preflight.readiness import WaitResult, describe, served_elsewhere
+from devmesh.preflight.readiness import WaitResult, declared, describe, served_elsewhere
 from devmesh.preflight.report import ERROR, FAILED, SKIPPED, CheckResult, Report
 from devmesh.preflight.smoke import check_smoke
 from devmesh.preflight.wait import wait_for_mesh
@@ -198,7 +198,7 @@ def check_health(result: WaitResult, timeout_s: float, report: Report) -> dict[s
     counted from the start of check); returns the services' last status entries, by name."""
     waited_from = report.elapsed() - result.elapsed
     assert result.status is not None
-    entries = {entry["name"]: entry for entry in result.status["services"] if entry.get("origin") != "peer"}
+    entries = {entry["name"]: entry for entry in result.status["services"] if declared(entry)}
     for name, entry in entries.items():
         problem = result.waiting.get(name)
         case = CheckResult("devmesh.health", name)

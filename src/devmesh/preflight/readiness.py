@@ -65,6 +65,12 @@ class WaitResult:
     elapsed: float
 
 
+def declared(entry: Mapping[str, Any]) -> bool:
+    """Whether a status entry is a service of this project: in its config, or registered here (an
+    older agent without the field: anything not offered by a peer)."""
+    return bool(entry.get("declared", entry.get("origin") != "peer"))
+
+
 class ReadinessTracker:
     """The mesh as the events stream tells it: a `hello` with the status, then `service` events.
 
@@ -111,7 +117,7 @@ class ReadinessTracker:
         """The names asked for, else every service of this project (not those only a peer offers)."""
         if self.names:
             return self.names
-        return [name for name, entry in self.services.items() if entry.get("origin") != "peer"]
+        return [name for name, entry in self.services.items() if declared(entry)]
 
     def waiting(self) -> dict[str, str]:
         """Each wanted service that is not ready, and why."""
