@@ -20,6 +20,7 @@ from devmesh.supervisor.reaper import find_marked, project_key
 
 TINY_SERVICE = Path(__file__).parent / "fixtures" / "tiny_service.py"
 TINY_COMMAND = f"{sys.executable} {TINY_SERVICE}"
+BULK_SERVICE = Path(__file__).parent / "fixtures" / "bulk_service.py"
 
 
 def wait_for(
@@ -245,3 +246,25 @@ def next_event(
         if matches(event):
             return dict(event)
     raise AssertionError(f"no {wanted if isinstance(wanted, str) else 'such'} event within {timeout} s")
+
+
+def bulk_project(project: Project, *, proxy: str = "", service: str = "", extra: str = "") -> int:
+    """A project with one service, `bulk` (tests/fixtures/bulk_service.py), behind a proxy on a free
+    port (returned); `proxy` and `service` are lines added to those tables, `extra` whole tables."""
+    listen = free_port()
+    project.write(
+        f"""
+[mesh]
+name = "bulk"
+[proxy]
+admin = "127.0.0.1:0"
+listen = "127.0.0.1:{listen}"
+{proxy}
+[services.bulk]
+command = "{sys.executable} {BULK_SERVICE}"
+health = {{ tcp = true }}
+{service}
+{extra}
+"""
+    )
+    return listen

@@ -9,33 +9,14 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from support import Project, devmesh, free_port, http, next_event, running_agent, wait_for
-
-BULK = Path(__file__).parent.parent / "fixtures" / "bulk_service.py"
+from support import Project, bulk_project, devmesh, http, next_event, running_agent, wait_for
 
 
 def write_project(project: Project, extra: str = "", proxy: str = "") -> int:
-    listen = free_port()
-    project.write(
-        f"""
-[mesh]
-name = "chaos"
-[proxy]
-admin = "127.0.0.1:0"
-listen = "127.0.0.1:{listen}"
-access_log = "off"
-{proxy}
-[services.bulk]
-command = "{sys.executable} {BULK}"
-health = {{ tcp = true }}
-{extra}
-"""
-    )
-    return listen
+    return bulk_project(project, proxy=f'access_log = "off"\n{proxy}', extra=extra)
 
 
 def timed(listen: int, target: str, **options: object) -> tuple[float, int, dict[str, str], bytes]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,30 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from support import Project, devmesh, free_port, http, next_event, running_agent, wait_for
-
-BULK = Path(__file__).parent.parent / "fixtures" / "bulk_service.py"
+from support import Project, bulk_project, devmesh, http, next_event, running_agent, wait_for
 
 
 def write_project(project: Project, observe: str = "", proxy: str = "") -> int:
-    listen = free_port()
-    project.write(
-        f"""
-[mesh]
-name = "obs"
-[proxy]
-admin = "127.0.0.1:0"
-listen = "127.0.0.1:{listen}"
-{proxy}
-[observe]
-{observe}
-[services.bulk]
-command = "{sys.executable} {BULK}"
-health = {{ tcp = true }}
-restart = "always"
-"""
-    )
-    return listen
+    return bulk_project(project, proxy=proxy, service='restart = "always"', extra=f"[observe]\n{observe}")
 
 
 def scrape(admin: str) -> dict[str, list[tuple[dict[str, str], float]]]:

@@ -5,36 +5,15 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import sys
 import threading
 import time
 from pathlib import Path
 
 import psutil
 
-from support import Project, free_port, http, running_agent
+from support import Project, bulk_project, free_port, http, running_agent
 
-BULK = Path(__file__).parent.parent / "fixtures" / "bulk_service.py"
 GIB = 1024 * 1024 * 1024
-
-
-def bulk_project(project: Project, **proxy: str) -> int:
-    listen = free_port()
-    extra = "".join(f'{key} = "{value}"\n' for key, value in proxy.items())
-    project.write(
-        f"""
-[mesh]
-name = "bulk"
-[proxy]
-admin = "127.0.0.1:0"
-listen = "127.0.0.1:{listen}"
-{extra}
-[services.bulk]
-command = "{sys.executable} {BULK}"
-health = {{ tcp = true }}
-"""
-    )
-    return listen
 
 
 def test_status_shows_proxy_urls_and_the_service_answers_by_name(project: Project) -> None:
@@ -83,7 +62,7 @@ def test_stopped_service_gets_a_503_that_says_how_to_start_it(project: Project) 
 
 def test_https_with_a_certificate_that_verifies_against_devmeshs_ca(project: Project, tmp_path: Path) -> None:
     https = free_port()
-    bulk_project(project, https=f"127.0.0.1:{https}")
+    bulk_project(project, proxy=f'https = "127.0.0.1:{https}"')
     home = tmp_path / "home"
     with running_agent(project, env={"DEVMESH_HOME": str(home)}) as agent:
         agent.wait_healthy("bulk")

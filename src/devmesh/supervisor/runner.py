@@ -240,24 +240,13 @@ class ServiceRunner:
                 exit_wait.cancel()
                 await self._finish_pump(pump_task)
                 if self._stop_event.is_set():
-                    self._logs.agent(
-                        f"{self.name} stopped ({exit_reason(code)})",
-                        component="supervisor",
-                        event="service_stopped",
-                        service=self.name,
-                    )
+                    self._record(f"{self.name} stopped ({exit_reason(code)})", "service_stopped")
                     self._set_state(RunState.STOPPED)
                     return
                 reason = self._restart_reason
                 self._restart_event.clear()
                 self.restarts += 1
-                self._logs.agent(
-                    f"{self.name} restarting: {reason}",
-                    component="supervisor",
-                    event="service_restarting",
-                    service=self.name,
-                    reason=reason,
-                )
+                self._record(f"{self.name} restarting: {reason}", "service_restarting", reason=reason)
                 if reason.startswith("unhealthy"):
                     failures += 1
                     if not await self._backoff_or_stop(failures):
@@ -269,51 +258,42 @@ class ServiceRunner:
             reason = exit_reason(code)
             restart = self.spec.restart == "always" or (self.spec.restart == "on-failure" and code != 0)
             if code == 0 and not restart:
-                self._logs.agent(
-                    f"{self.name} exited cleanly",
-                    component="supervisor",
-                    event="service_exited",
-                    service=self.name,
-                )
+                self._record(f"{self.name} exited cleanly", "service_exited")
                 self._set_state(RunState.STOPPED, detail="exited with code 0")
                 return
             self._set_state(RunState.CRASHED, detail=reason)
             if not restart:
-                self._logs.agent(
+                self._record(
                     f'{self.name} {reason}; restart = "{self.spec.restart}", not restarting',
-                    component="supervisor",
+                    "service_crashed",
                     level="warning",
-                    event="service_crashed",
-                    service=self.name,
                     reason=reason,
                 )
                 return
             failures += 1
             self.restarts += 1
-            self._logs.agent(
+            self._record(
                 f"{self.name} {reason}; restarting in {backoff_delay_s(failures):g}s",
-                component="supervisor",
+                "service_crashed",
                 level="warning",
-                event="service_crashed",
-                service=self.name,
                 reason=reason,
                 restart_in_s=backoff_delay_s(failures),
             )
             if not await self._backoff_or_stop(failures):
                 return
 
+    def _record(
+        self, text: str, event: str, *, level: str = "info", component: str = "supervisor", **fields: object
+    ) -> None:
+        """One of devmesh's records about this service (`text` for people, the rest for machines)."""
+        self._logs.agent(text, component=component, level=level, event=event, service=self.name, **fields)
+
     async def _spawn(self) -> Spawned | None:
         env = self._child_env()
         cwd = self._project_dir / self.spec.cwd if self.spec.cwd else self._project_dir
         if not cwd.is_dir():
             self._set_state(RunState.CRASHED, detail=f"cwd {cwd} does not exist (check `cwd`)")
-            self._logs.agent(
-                f"{self.name}: cwd {cwd} does not exist",
-                component="supervisor",
-                level="error",
-                event="service_failed",
-                service=self.name,
-            )
+            self._record(f"{self.name}: cwd {cwd} does not exist", "service_failed", level="error")
             return None
         assert self.spec.command is not None
         try:
@@ -321,20 +301,12 @@ class ServiceRunner:
         except OSError as error:
             detail = f"cannot start: {error.strerror or error}"
             self._set_state(RunState.CRASHED, detail=detail)
-            self._logs.agent(
-                f"{self.name} {detail}",
-                component="supervisor",
-                level="error",
-                event="service_failed",
-                service=self.name,
-            )
+            self._record(f"{self.name} {detail}", "service_failed", level="error")
             return None
         self.pid = spawned.pid
-        self._logs.agent(
+        self._record(
             f"{self.name} started (pid {spawned.pid}" + (f", port {self.port})" if self.port else ")"),
-            component="supervisor",
-            event="service_started",
-            service=self.name,
+            "service_started",
             pid=spawned.pid,
             port=self.port,
         )
@@ -414,12 +386,11 @@ class ServiceRunner:
         if self.spawns and self.spec.restart == "always":
             self._restart_reason = f"unhealthy ({reason})"
             self._restart_event.set()
-        self._logs.agent(
+        self._record(
             f"{self.name} is unhealthy: {reason}",
-            component="health",
+            "service_unhealthy",
             level="warning",
-            event="service_unhealthy",
-            service=self.name,
+            component="health",
             reason=reason,
         )
         self._notify()

@@ -14,8 +14,9 @@ dependencies) is imported by `start()`.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -187,13 +188,14 @@ class MeshSession:
         import subprocess
 
         from devmesh.agent.paths import StatePaths, read_agent_record
+        from devmesh.preflight.agents import devmesh_argv
 
         record = read_agent_record(StatePaths(self.config.parent))
         if record is None or record.pid != pid:
             return  # it stopped already, or another agent (not ours) replaced it
         try:
             subprocess.run(
-                [sys.executable, "-m", "devmesh", "-f", str(self.config), "down"],
+                devmesh_argv(self.config, None, "down"),
                 cwd=self.config.parent,
                 capture_output=True,
                 stdin=subprocess.DEVNULL,
@@ -201,7 +203,10 @@ class MeshSession:
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            pass  # `down` kills an agent that does not stop in time; nothing more to do from here
+            # `down` kills an agent that does not stop within its own timeout; if `down` itself is stuck,
+            # kill the agent here: its guardian then stops the services it leaves.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def _up(self, config: Path, deadline: float) -> None:
         from devmesh.preflight.agents import start_agent
