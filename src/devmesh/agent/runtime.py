@@ -34,6 +34,7 @@ import psutil
 from devmesh import const
 from devmesh.agent.config_watch import watch_config
 from devmesh.agent.control import AdminControls
+from devmesh.agent.discovered import DiscoveryFeeds
 from devmesh.agent.errors import AgentError
 from devmesh.agent.listeners import EmbeddedUvicorn, bind_tcp, https_context, is_loopback, mesh_tls_contexts
 from devmesh.agent.observing import StreamFeed, metrics_registry_of
@@ -125,6 +126,7 @@ class Agent(AdminControls, MeshPeering):
         self.faults = FaultBook(on_change=self._faults_changed)
         self.faults.load(loaded.config)
         self.remotes: RemoteWatch | None = None  # probes each service's `remote` (health, version)
+        self.discovered: DiscoveryFeeds | None = None  # [discovery]: Docker containers, Kubernetes Services
         self._mesh_started: float | None = None  # monotonic time the peers began to be followed
 
     @property
@@ -246,6 +248,8 @@ class Agent(AdminControls, MeshPeering):
             if self.peers is not None:
                 tasks.append(loop.create_task(self._keep_following_peers()))
             self._start_remote_probes(logs)
+            self.discovered = DiscoveryFeeds(supervisor=self.supervisor, logs=logs)
+            self.discovered.configure(config.discovery)
             ready = loop.create_task(self._announce_ready(order, started_at, logs))
             tasks.append(ready)
             stopping = loop.create_task(self._stop_event.wait())
@@ -290,6 +294,8 @@ class Agent(AdminControls, MeshPeering):
                     await task
             if self.remotes is not None:
                 await self.remotes.close()
+            if self.discovered is not None:
+                await self.discovered.close()
             if self.discovery is not None:
                 await self.discovery.close()  # the goodbye first: peers drop this agent at once
             if self.peers is not None:
@@ -397,6 +403,8 @@ class Agent(AdminControls, MeshPeering):
         summary = await self.supervisor.apply(loaded.config)
         if self.remotes is not None:
             self.remotes.reload()  # runners made anew by the reload learn what is known of their remote
+        if self.discovered is not None:
+            self.discovered.configure(loaded.config.discovery)
         logs.agent(f"config reloaded: {summary}", component="config", event="config_reloaded")
         self.events.publish(
             {"type": "agent", "time": time.time(), "event": "config_reloaded", "message": summary}

@@ -20,8 +20,14 @@ class Origin(StrEnum):
 
     LOCAL = "local"  # a process devmesh supervises, or a port given in the config
     REGISTERED = "registered"  # an external process that registered through the admin API
+    DOCKER = "docker"  # a container with a published port, found by [discovery] docker
+    KUBERNETES = "kubernetes"  # a cluster's Service, reached through a port-forward on this machine
     PEER = "peer"  # a teammate's agent
     REMOTE = "remote"  # the shared remote fallback
+
+
+# Services devmesh does not start and the config does not name: they come and go with their source.
+EXTERNAL_ORIGINS = frozenset({Origin.REGISTERED, Origin.DOCKER, Origin.KUBERNETES})
 
 
 class RunState(StrEnum):

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 NodeKind = Literal["service", "peer", "remote"]
 EdgeKind = Literal["depends_on", "serves", "fallback"]
 
-LOCAL_ORIGINS = ("local", "registered")
+LOCAL_ORIGINS = ("local", "registered", "docker", "kubernetes")
 UNKNOWN = "unknown"
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from devmesh.mesh.snapshot import Endpoint, MeshSnapshot, Origin, ServiceView
 
 # Endpoints of these origins are "here": tried before any peer or remote.
-LOCAL_ORIGINS = (Origin.LOCAL, Origin.REGISTERED)
+LOCAL_ORIGINS = (Origin.LOCAL, Origin.REGISTERED, Origin.DOCKER, Origin.KUBERNETES)
 # The order endpoints are tried in, by origin: this machine, then peers, then the remote fallback.
-TIER = {Origin.LOCAL: 0, Origin.REGISTERED: 0, Origin.PEER: 1, Origin.REMOTE: 2}
+TIER = {origin: 0 for origin in LOCAL_ORIGINS} | {Origin.PEER: 1, Origin.REMOTE: 2}
 
 
 def normalize_host(host: str) -> str:

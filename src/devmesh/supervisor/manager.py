@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from devmesh.config.schema import HealthSection, MeshConfig, ServiceSection
-from devmesh.mesh.snapshot import Health, Origin, RunState, ServiceView
+from devmesh.mesh.snapshot import EXTERNAL_ORIGINS, Health, Origin, RunState, ServiceView
 from devmesh.supervisor.elsewhere import Source, decide, served_elsewhere
 from devmesh.supervisor.logs import LogSink
 from devmesh.supervisor.ports import PortAllocator
@@ -209,10 +209,8 @@ class Supervisor:
 
     async def stop_service(self, name: str) -> None:
         runner = self._runner(name)
-        if runner.origin == Origin.REGISTERED:
-            raise SupervisorError(
-                f"{name} was registered by its own process; unregister it instead", status=409
-            )
+        if runner.origin in EXTERNAL_ORIGINS:
+            raise SupervisorError(_not_ours(name, runner.origin), status=409)
         if self._selected is not None:
             self._selected.discard(name)
         await self._stop_watch(name)
@@ -246,24 +244,36 @@ class Supervisor:
 
     # -- registrations -------------------------------------------------------------------------------
 
-    def register(self, name: str, *, port: int, version: str | None, health: HealthSection | None) -> None:
+    def register(
+        self,
+        name: str,
+        *,
+        port: int,
+        version: str | None,
+        health: HealthSection | None,
+        origin: Origin = Origin.REGISTERED,
+    ) -> None:
+        """A service devmesh does not start: registered through the admin API, or found by discovery
+        (a Docker container, a Kubernetes Service behind a port-forward)."""
         existing = self.runners.get(name)
-        if existing is not None and existing.origin != Origin.REGISTERED:
+        if existing is not None and existing.origin not in EXTERNAL_ORIGINS:
             raise SupervisorError(f"{name} is a service of the config; pick another name", status=409)
         spec = ServiceSection(port=port, version=version, health=health)
         if existing is not None:
-            if existing.spec == spec:
+            if existing.spec == spec and existing.origin == origin:
                 return
-            raise SupervisorError(f"{name} is already registered on port {existing.port}", status=409)
-        runner = self._make_runner(name, spec, origin=Origin.REGISTERED)
+            raise SupervisorError(
+                f"{name} is already registered on port {existing.port} ({existing.origin})", status=409
+            )
+        runner = self._make_runner(name, spec, origin=origin)
         self.runners[name] = runner
         runner.start()
         self._on_change()
 
-    async def unregister(self, name: str) -> None:
+    async def unregister(self, name: str, origin: Origin = Origin.REGISTERED) -> None:
         runner = self.runners.get(name)
-        if runner is None or runner.origin != Origin.REGISTERED:
-            raise SupervisorError(f"{name} is not a registered service", status=404)
+        if runner is None or runner.origin != origin:
+            raise SupervisorError(f"{name} is not a {origin} service", status=404)
         await runner.stop()
         del self.runners[name]
         self._on_change()
@@ -272,7 +282,7 @@ class Supervisor:
 
     async def apply(self, config: MeshConfig) -> ReloadSummary:
         """Reconcile with a new config: start added services, stop removed ones, restart changed ones."""
-        old = {name: r.spec for name, r in self.runners.items() if r.origin != Origin.REGISTERED}
+        old = {name: r.spec for name, r in self.runners.items() if r.origin not in EXTERNAL_ORIGINS}
         new = dict(config.services)
         summary = ReloadSummary(
             added=[name for name in new if name not in old],
@@ -372,3 +382,12 @@ class Supervisor:
             base_env=self._base_env,
             origin=origin,
         )
+
+
+def _not_ours(name: str, origin: Origin) -> str:
+    """Why `devmesh stop` cannot stop a service devmesh did not start."""
+    if origin is Origin.REGISTERED:
+        return f"{name} was registered by its own process; unregister it instead"
+    if origin is Origin.DOCKER:
+        return f"{name} is a Docker container devmesh found; stop it with docker (docker stop ...)"
+    return f"{name} is a Kubernetes Service devmesh forwards to; it leaves when the Service does"
