@@ -63,6 +63,7 @@ from devmesh.config.units import Address
 from devmesh.faults.book import FaultBook
 from devmesh.mesh.snapshot import Health, MeshState, Origin, RunState, ServiceView
 from devmesh.observe.events import Event, EventHub
+from devmesh.plugins.hooks import AgentInfo, PluginHooks
 from devmesh.supervisor.guardian import Guardian
 from devmesh.supervisor.logs import LogLevelError, LogSink, parse_levels
 from devmesh.supervisor.manager import Supervisor
@@ -128,6 +129,7 @@ class Agent(AdminControls, MeshPeering):
         self.remotes: RemoteWatch | None = None  # probes each service's `remote` (health, version)
         self.discovered: DiscoveryFeeds | None = None  # [discovery]: Docker containers, Kubernetes Services
         self._mesh_started: float | None = None  # monotonic time the peers began to be followed
+        self.plugins: PluginHooks | None = None  # hook plugins (entry points in devmesh.plugins)
 
     @property
     def token(self) -> str:
@@ -174,6 +176,7 @@ class Agent(AdminControls, MeshPeering):
             logs.agent(f"stopped {reaped} process(es) left behind by an earlier devmesh agent")
         for warning in self.loaded.warnings:
             logs.agent(f"warning: {warning}")
+        self.plugins = await asyncio.to_thread(PluginHooks.load, logs)  # imports the plugins' code
         self._token = read_or_create_token(self.paths)
         admin_socket = bind_tcp(config.proxy.admin, purpose="admin API", key="[proxy] admin")
         host, port = admin_socket.getsockname()[:2]
@@ -283,11 +286,24 @@ class Agent(AdminControls, MeshPeering):
                 event="admin_started",
                 address=str(self.admin_address),
             )
+            self.plugins.start(
+                AgentInfo(
+                    mesh=self.loaded.mesh_name,
+                    project_dir=self.loaded.project_dir,
+                    config_file=self.loaded.path,
+                    peer_id=self.peer_id,
+                    admin_url=f"http://{self.admin_address}",
+                    proxy_url=f"http://{self.listen_address}" if self.listen_address else None,
+                    services=tuple(config.services),
+                ),
+                self.events,
+            )
             tasks.append(loop.create_task(watch_config(self.loaded.project_dir, lambda: self.reload(logs))))
             tasks.append(loop.create_task(self.stream.sample_traffic(lambda: self.proxy)))
             await self._stop_event.wait()
             logs.agent("stopping services...")
         finally:
+            await self.plugins.stop()  # on_agent_stopping while the services still run
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -17,7 +17,9 @@ import click
 from devmesh.cli.chaos import chaos, fault
 from devmesh.cli.ci import check, wait
 from devmesh.cli.graph import graph
+from devmesh.cli.plugins import plugin
 from devmesh.cli.trust import trust
+from devmesh.cli.vscode import vscode
 
 if TYPE_CHECKING:
     from devmesh.config import LoadedConfig
@@ -43,10 +45,25 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 
 
 class _Commands(click.Group):
-    """Lists commands in the order they are defined (the lifecycle first), not alphabetically."""
+    """Lists commands in the order they are defined (the lifecycle first), not alphabetically; a name
+    that is no built-in command is looked for among the plugins (docs/plugins.md)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        from devmesh.cli.plugins import find_plugin_command
+
+        return find_plugin_command(ctx, cmd_name, builtins=self.commands)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from devmesh.cli.plugins import format_plugins_epilog
+
+        format_plugins_epilog(formatter, builtins=self.commands)
+        super().format_epilog(ctx, formatter)
 
 
 @click.group(
@@ -659,6 +676,8 @@ app.add_command(wait)
 app.add_command(check)
 app.add_command(fault)
 app.add_command(chaos)
+app.add_command(plugin)
+app.add_command(vscode)
 
 
 def run() -> None:

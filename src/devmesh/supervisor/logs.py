@@ -22,7 +22,18 @@ from devmesh import const
 _COLOURS = (36, 33, 32, 35, 34, 91, 96, 93, 92, 95, 94)
 AGENT_LOG_NAME = "devmesh"
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
-COMPONENTS = ("agent", "config", "supervisor", "health", "proxy", "peers", "admin")
+COMPONENTS = (
+    "agent",
+    "config",
+    "supervisor",
+    "health",
+    "proxy",
+    "peers",
+    "admin",
+    "docker",
+    "kubernetes",
+    "plugins",
+)
 
 
 class LogLevelError(ValueError):
