@@ -610,10 +610,12 @@ class Agent(AdminControls, MeshPeering):
 
     def _child_env(self, config: MeshConfig) -> dict[str, str]:
         """The agent's environment, plus where each service is reached through the proxy:
-        `DEVMESH_PROXY_URL` and `DEVMESH_<SERVICE>_URL` (as docker compose gives service names)."""
+        `DEVMESH_PROXY_URL`, `DEVMESH_DOMAIN` and `DEVMESH_<SERVICE>_URL` (as docker compose gives
+        service names)."""
         env = dict(os.environ)
         assert self.listen_address is not None
         env["DEVMESH_PROXY_URL"] = f"http://{self.listen_address}"
+        env["DEVMESH_DOMAIN"] = config.mesh.domain
         for name, spec in config.services.items():
             hosts = tuple(spec.hosts) if spec.hosts is not None else (name,)
             view = ServiceView(

@@ -344,6 +344,8 @@ class ServiceRunner:
         if self.port is not None:
             env["PORT"] = str(self.port)
         env["DEVMESH_SERVICE"] = self.name
+        if self.spec.version is not None:
+            env["DEVMESH_SERVICE_VERSION"] = self.spec.version
         env[OWNER_ENV] = self._owner
         env.update(self.spec.env)
         return env
