@@ -16,6 +16,7 @@ import click
 
 from devmesh.cli.chaos import chaos, fault
 from devmesh.cli.ci import check, wait
+from devmesh.cli.compose import compose
 from devmesh.cli.graph import graph
 from devmesh.cli.plugins import plugin
 from devmesh.cli.trust import trust
@@ -676,6 +677,7 @@ app.add_command(wait)
 app.add_command(check)
 app.add_command(fault)
 app.add_command(chaos)
+app.add_command(compose)
 app.add_command(plugin)
 app.add_command(vscode)
 

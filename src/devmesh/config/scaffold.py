@@ -9,15 +9,12 @@ with `load_config`, so every value goes through a TOML encoder rather than strin
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import tomlkit
-import yaml
 
 Source = Literal["Procfile", "docker-compose.yml", "package.json"]
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
@@ -62,54 +59,31 @@ def _from_procfile(project_dir: Path) -> list[DetectedService]:
     return services
 
 
-def _published_port(ports: Any) -> int | None:
-    """The first host port a compose service publishes ("8080:80", "127.0.0.1:8080:80", long syntax)."""
-    for entry in ports if isinstance(ports, list) else []:
-        if isinstance(entry, dict):
-            published = entry.get("published")
-            if published is not None and str(published).isdigit():
-                return int(published)
-            continue
-        parts = str(entry).split("/")[0].split(":")
-        if len(parts) >= 2 and parts[-2].isdigit():
-            return int(parts[-2])
-    return None
-
-
 def _from_compose(project_dir: Path) -> list[DetectedService]:
+    """Compose services with a published port, read by the same mapping as `devmesh compose import`.
+
+    `init` writes them as started elsewhere (port only): `devmesh compose import` is the command that
+    makes devmesh run them through compose."""
+    from devmesh.compose.mapping import ComposeError, read_compose
+
     path = next((project_dir / name for name in COMPOSE_NAMES if (project_dir / name).is_file()), None)
     if path is None:
         return []
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        return []
-    compose_services = document.get("services") if isinstance(document, dict) else None
-    if not isinstance(compose_services, dict):
-        return []
-    names = {raw: service_name(str(raw)) for raw in compose_services}
-    services = []
-    for raw, spec in compose_services.items():
-        port = _published_port(spec.get("ports")) if isinstance(spec, dict) else None
-        if port is None:
-            continue  # nothing reachable from the host: nothing for devmesh to route to
-        depends = spec.get("depends_on", []) if isinstance(spec, dict) else []
-        dependency_names = list(depends) if isinstance(depends, list | dict) else []
-        services.append(
-            DetectedService(
-                names[raw],
-                "docker-compose.yml",
-                port=port,
-                depends_on=tuple(names[d] for d in dependency_names if d in names),
-            )
-        )
-    published = {service.name for service in services}
-    # depends_on may only name services devmesh knows about.
+        project = read_compose(path)
+    except ComposeError:
+        return []  # `init` still writes a config; `devmesh compose import` says what is wrong
+    published = {service.key: service.name for service in project.services if service.port is not None}
     return [
         DetectedService(
-            s.name, s.source, port=s.port, depends_on=tuple(d for d in s.depends_on if d in published)
+            service.name,
+            "docker-compose.yml",
+            port=service.port,
+            # depends_on may only name services devmesh knows about.
+            depends_on=tuple(published[key] for key in service.depends_on if key in published),
         )
-        for s in services
+        for service in project.services
+        if service.port is not None
     ]
 
 
@@ -188,12 +162,7 @@ def write_config(project_dir: Path, *, force: bool = False) -> Path:
     if target.exists() and not force:
         raise FileExistsError(f"{target} already exists")
     text = render_config(project_dir, detect_services(project_dir))
-    descriptor, temporary = tempfile.mkstemp(dir=project_dir, prefix=".devmesh.toml.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    from devmesh.config.writeback import atomic_write_text
+
+    atomic_write_text(target, text)
     return target

@@ -1,0 +1,127 @@
+"""`devmesh compose up` against a real engine: rootful podman through podman-compose (tests/engines/podman.py).
+
+A request through devmesh's proxy reaches the compose service's container, and `devmesh down` leaves no
+container running.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from support import devmesh, free_port, http, wait_for
+
+if TYPE_CHECKING:
+    from engines.podman import PodmanEngine
+
+pytest_plugins = ["engines.podman"]  # the `podman` and `podman_engine` fixtures
+
+PODMAN_COMPOSE = Path(sys.executable).parent / "podman-compose"
+
+
+def compose_file(engine: PodmanEngine, web_port: int, api_port: int) -> str:
+    from engines.podman import CONTAINER_HTTP_PORT, HTTPD_SCRIPT
+
+    command = json.dumps(["/bin/sh", "-c", HTTPD_SCRIPT])
+    return f"""\
+services:
+  web:
+    image: {engine.image}
+    command: {command}
+    environment: ["BODY=hello from the web container"]
+    network_mode: slirp4netns
+    ports: ["127.0.0.1:${{WEB_PORT:-1}}:{CONTAINER_HTTP_PORT}"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://localhost:{CONTAINER_HTTP_PORT}/"]
+      interval: 1s
+      retries: 30
+    stop_grace_period: 5s
+  api:
+    image: {engine.image}
+    command: {command}
+    environment: {{BODY: "hello from the api container"}}
+    network_mode: slirp4netns
+    ports:
+      - target: {CONTAINER_HTTP_PORT}
+        published: "{api_port}"
+    depends_on:
+      web: {{condition: service_healthy}}
+"""
+
+
+def running_containers(engine: PodmanEngine) -> list[str]:
+    output = engine.podman("ps", "--format", "{{.Names}}").stdout
+    return [line for line in output.splitlines() if line.strip()]
+
+
+@pytest.mark.timeout(240)
+def test_compose_up_routes_to_the_containers_and_down_stops_them(
+    podman: PodmanEngine, tmp_path: Path
+) -> None:
+    if not PODMAN_COMPOSE.is_file():
+        pytest.skip("podman-compose is not installed in this venv (pip install podman-compose)")
+    web_port, api_port, listen = free_port(), free_port(), free_port()
+    (tmp_path / "docker-compose.yml").write_text(compose_file(podman, web_port, api_port), encoding="utf-8")
+    (tmp_path / ".env").write_text(f"WEB_PORT={web_port}\n", encoding="utf-8")
+    (tmp_path / "devmesh.toml").write_text(
+        f'[proxy]\nlisten = "127.0.0.1:{listen}"\nadmin = "127.0.0.1:0"\n\n[peers]\ndiscovery = "off"\n',
+        encoding="utf-8",
+    )
+    env = {**podman.env, "DEVMESH_COMPOSE": str(PODMAN_COMPOSE)}
+
+    started = devmesh("compose", "up", "--detach", "--timeout", "150", cwd=tmp_path, env=env, timeout=180)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        status, _, body = http(listen, "web.localhost")
+        assert (status, body.strip()) == (200, b"hello from the web container")
+        status, _, body = http(listen, "api.localhost")
+        assert (status, body.strip()) == (200, b"hello from the api container")
+        assert sorted(running_containers(podman)) == [f"{tmp_path.name}_api_1", f"{tmp_path.name}_web_1"]
+        listed = json.loads(devmesh("status", "--json", cwd=tmp_path, env=env).stdout)
+        health = {entry["name"]: entry["health"] for entry in listed["services"]}
+        assert health == {"web": "healthy", "api": "healthy"}
+    finally:
+        stopped = devmesh("down", cwd=tmp_path, env=env, timeout=90)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert running_containers(podman) == []
+    # Nothing was written to the user's config: compose up runs the services from memory.
+    assert "services" not in (tmp_path / "devmesh.toml").read_text(encoding="utf-8")
+
+
+@pytest.mark.timeout(240)
+def test_compose_up_without_a_devmesh_toml_and_compose_down(podman: PodmanEngine, tmp_path: Path) -> None:
+    if not PODMAN_COMPOSE.is_file():
+        pytest.skip("podman-compose is not installed in this venv (pip install podman-compose)")
+    from engines.podman import CONTAINER_HTTP_PORT, HTTPD_SCRIPT
+
+    web_port = free_port()
+    command = json.dumps(["/bin/sh", "-c", HTTPD_SCRIPT])
+    (tmp_path / "compose.yaml").write_text(
+        f"""\
+services:
+  web:
+    image: {podman.image}
+    command: {command}
+    environment: ["BODY=no config needed"]
+    network_mode: slirp4netns
+    ports: ["127.0.0.1:{web_port}:{CONTAINER_HTTP_PORT}"]
+""",
+        encoding="utf-8",
+    )
+    env = {**podman.env, "DEVMESH_COMPOSE": str(PODMAN_COMPOSE)}
+    started = devmesh("compose", "up", "--detach", "--timeout", "150", cwd=tmp_path, env=env, timeout=180)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        record = json.loads((tmp_path / ".devmesh" / "agent.json").read_text(encoding="utf-8"))
+        listen = int(record["listen"].rsplit(":", 1)[1])
+        status, _, body = http(listen, "web.localhost")
+        assert (status, body.strip()) == (200, b"no config needed")
+    finally:
+        stopped = devmesh("compose", "down", cwd=tmp_path, env=env, timeout=90)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    wait_for(lambda: running_containers(podman) == [], timeout=10, what="no container running")
+    assert not (tmp_path / "devmesh.toml").exists()
