@@ -17,6 +17,7 @@ import click
 from devmesh.cli.chaos import chaos, fault
 from devmesh.cli.ci import check, wait
 from devmesh.cli.compose import compose
+from devmesh.cli.docker import from_docker
 from devmesh.cli.graph import graph
 from devmesh.cli.plugins import plugin
 from devmesh.cli.trust import trust
@@ -680,6 +681,7 @@ app.add_command(chaos)
 app.add_command(compose)
 app.add_command(plugin)
 app.add_command(vscode)
+app.add_command(from_docker)
 
 
 def run() -> None:
