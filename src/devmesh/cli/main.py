@@ -18,6 +18,7 @@ from devmesh.cli.chaos import chaos, fault
 from devmesh.cli.ci import check, wait
 from devmesh.cli.compose import compose
 from devmesh.cli.docker import from_docker
+from devmesh.cli.export import export
 from devmesh.cli.graph import graph
 from devmesh.cli.plugins import plugin
 from devmesh.cli.trust import trust
@@ -682,6 +683,7 @@ app.add_command(compose)
 app.add_command(plugin)
 app.add_command(vscode)
 app.add_command(from_docker)
+app.add_command(export)
 
 
 def run() -> None:
