@@ -20,6 +20,7 @@ from devmesh.cli.compose import compose
 from devmesh.cli.docker import from_docker
 from devmesh.cli.export import export
 from devmesh.cli.graph import graph
+from devmesh.cli.names import install, uninstall
 from devmesh.cli.plugins import plugin
 from devmesh.cli.trust import trust
 from devmesh.cli.vscode import vscode
@@ -680,6 +681,8 @@ app.add_command(check)
 app.add_command(fault)
 app.add_command(chaos)
 app.add_command(compose)
+app.add_command(install)
+app.add_command(uninstall)
 app.add_command(plugin)
 app.add_command(vscode)
 app.add_command(from_docker)
