@@ -7,6 +7,7 @@ container running.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,6 +85,21 @@ def test_compose_up_routes_to_the_containers_and_down_stops_them(
         listed = json.loads(devmesh("status", "--json", cwd=tmp_path, env=env).stdout)
         health = {entry["name"]: entry["health"] for entry in listed["services"]}
         assert health == {"web": "healthy", "api": "healthy"}
+
+        # The compose file is part of the config: editing it reloads the mesh (api removed: stopped).
+        text = compose_file(podman, web_port, api_port)
+        (tmp_path / "docker-compose.yml").write_text(text[: text.index("  api:")], encoding="utf-8")
+
+        def names() -> list[str]:
+            listed = json.loads(devmesh("status", "--json", cwd=tmp_path, env=env).stdout)
+            return [entry["name"] for entry in listed["services"]]
+
+        wait_for(lambda: names() == ["web"], timeout=60, what="api gone after the compose file changed")
+        wait_for(
+            lambda: running_containers(podman) == [f"{tmp_path.name}_web_1"],
+            timeout=30,
+            what="the api container stopped",
+        )
     finally:
         stopped = devmesh("down", cwd=tmp_path, env=env, timeout=90)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -98,6 +114,10 @@ def test_compose_up_without_a_devmesh_toml_and_compose_down(podman: PodmanEngine
         pytest.skip("podman-compose is not installed in this venv (pip install podman-compose)")
     from engines.podman import CONTAINER_HTTP_PORT, HTTPD_SCRIPT
 
+    for default_port in (7080, 7070):  # no devmesh.toml: the proxy and admin API take devmesh's defaults
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", default_port)) == 0:
+                pytest.skip(f"port {default_port} is in use here (a devmesh of yours?); this test needs it")
     web_port = free_port()
     command = json.dumps(["/bin/sh", "-c", HTTPD_SCRIPT])
     (tmp_path / "compose.yaml").write_text(
@@ -120,6 +140,10 @@ services:
         listen = int(record["listen"].rsplit(":", 1)[1])
         status, _, body = http(listen, "web.localhost")
         assert (status, body.strip()) == (200, b"no config needed")
+        # Plain devmesh commands find the agent from its folder, with no devmesh.toml there.
+        listed = devmesh("status", "--json", cwd=tmp_path, env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert [entry["name"] for entry in json.loads(listed.stdout)["services"]] == ["web"]
     finally:
         stopped = devmesh("compose", "down", cwd=tmp_path, env=env, timeout=90)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr

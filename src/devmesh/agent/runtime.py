@@ -93,8 +93,14 @@ class Agent(AdminControls, MeshPeering):
         services: Sequence[str] | None = None,
         terminal: TextIO | None = None,
         share: bool = False,
+        reload_config: Callable[[], LoadedConfig] | None = None,
     ) -> None:
         self.loaded = loaded
+        # How a config change on disk is read again: load_config on the same files, unless the config
+        # is made of more than devmesh's files (`compose up` maps a compose file in memory).
+        self._reload_config = reload_config or (
+            lambda: load_config(self.loaded.path, env_name=self.loaded.env_name)
+        )
         self._share_flag = share
         # This agent as peers know it: the host name and a random part, new on every start.
         self.peer_id = f"{socket.gethostname().split('.')[0]}-{secrets.token_hex(3)}"
@@ -298,7 +304,17 @@ class Agent(AdminControls, MeshPeering):
                 ),
                 self.events,
             )
-            tasks.append(loop.create_task(watch_config(self.loaded.project_dir, lambda: self.reload(logs))))
+            tasks.append(
+                loop.create_task(
+                    watch_config(
+                        self.loaded.project_dir,
+                        lambda: self.reload(logs),
+                        also=[
+                            path.name for path in self.loaded.files if path.parent == self.loaded.project_dir
+                        ],
+                    )
+                )
+            )
             tasks.append(loop.create_task(self.stream.sample_traffic(lambda: self.proxy)))
             await self._stop_event.wait()
             logs.agent("stopping services...")
@@ -390,7 +406,7 @@ class Agent(AdminControls, MeshPeering):
         """Apply the config on disk; an invalid one is reported and the running config kept."""
         assert self.supervisor is not None
         try:
-            loaded = await asyncio.to_thread(load_config, self.loaded.path, env_name=self.loaded.env_name)
+            loaded = await asyncio.to_thread(self._reload_config)
         except ConfigError as error:
             self.config_error = str(error)
             logs.agent(
@@ -627,9 +643,15 @@ class Agent(AdminControls, MeshPeering):
         return env
 
 
-def run_agent(loaded: LoadedConfig, *, services: Sequence[str] | None = None, share: bool = False) -> int:
+def run_agent(
+    loaded: LoadedConfig,
+    *,
+    services: Sequence[str] | None = None,
+    share: bool = False,
+    reload_config: Callable[[], LoadedConfig] | None = None,
+) -> int:
     """Run an agent in the foreground on uvloop (where available) until a signal stops it."""
-    agent = Agent(loaded, services=services, share=share)
+    agent = Agent(loaded, services=services, share=share, reload_config=reload_config)
     try:
         import uvloop
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -182,16 +181,34 @@ def up(
     project = _project(compose_file)
     engine = _engine()
     loaded = _session(ctx, project, engine)
+    unknown = [name for name in services if name not in loaded.config.services]
+    if unknown:
+        known = ", ".join(loaded.config.services)
+        _fail(f"no service named {', '.join(map(repr, unknown))} (services: {known})", EXIT_USAGE)
     if detach:
-        _up_detached(ctx, project, loaded, services, timeout, share)
+        from devmesh.cli.main import start_detached
+
+        argv = [sys.executable, "-m", "devmesh"]
+        if loaded.path != project.path:
+            argv += ["-f", str(loaded.path)]
+        if ctx.obj.env_name:
+            argv += ["--env", ctx.obj.env_name]
+        argv += ["compose", "up", "-f", str(project.path), *(["--share"] if share else []), *services]
+        stop = "devmesh down" if loaded.path != project.path else "devmesh compose down"
+        # A compose service with no published port and no healthcheck has no health to wait for.
+        start_detached(
+            loaded, list(services), timeout, argv=argv, stop_command=stop, ready_health=("healthy", "unknown")
+        )
         return
-    from devmesh.agent.runtime import AgentError
+    from devmesh.agent.runtime import AgentError, run_agent
     from devmesh.compose.engine import ENV_OVERRIDE
-    from devmesh.compose.session import run_compose_agent
+    from devmesh.compose.session import session_loader
 
     os.environ[ENV_OVERRIDE] = engine.label  # every `compose serve` child uses the engine chosen here
+    config_path = loaded.path if loaded.path != project.path else None
+    reload_config = session_loader(project.path, engine, config_path, ctx.obj.env_name)
     try:
-        code = run_compose_agent(loaded, services=services or None, share=share)
+        code = run_agent(loaded, services=services or None, share=share, reload_config=reload_config)
     except AgentError as error:
         _fail(str(error))
     raise SystemExit(code)
@@ -215,83 +232,6 @@ def _session(ctx: click.Context, project: ComposeProject, engine: ComposeEngine)
     for name, reason in session.skipped.items():
         click.echo(f"devmesh: compose service {name} left out: {reason}", err=True)
     return session.loaded
-
-
-def _up_detached(
-    ctx: click.Context,
-    project: ComposeProject,
-    loaded: LoadedConfig,
-    services: tuple[str, ...],
-    timeout: float,
-    share: bool,
-) -> None:
-    import subprocess
-
-    from devmesh.agent.client import AdminClient, AgentNotRunning
-    from devmesh.agent.paths import StatePaths, read_agent_record, read_token
-    from devmesh.cli.main import _print_status
-
-    paths = StatePaths(loaded.project_dir)
-    paths.ensure()
-    running = read_agent_record(paths)
-    if running is not None:
-        _fail(
-            f"devmesh is already running for {loaded.project_dir} (pid {running.pid}); see `devmesh status`"
-        )
-    unknown = [name for name in services if name not in loaded.config.services]
-    if unknown:
-        _fail(
-            f"no service named {', '.join(map(repr, unknown))} (services: {', '.join(loaded.config.services)})",
-            2,
-        )
-    argv = [sys.executable, "-m", "devmesh"]
-    if loaded.path != project.path:
-        argv += ["-f", str(loaded.path)]
-    if ctx.obj.env_name:
-        argv += ["--env", ctx.obj.env_name]
-    argv += ["compose", "up", "-f", str(project.path), *(["--share"] if share else []), *services]
-    offset = paths.agent_log.stat().st_size if paths.agent_log.exists() else 0
-    with paths.agent_log.open("ab") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=loaded.project_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    wanted = set(services) if services else set(loaded.config.services)
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            with paths.agent_log.open("rb") as handle:
-                handle.seek(offset)
-                click.echo(handle.read().decode(errors="replace").strip()[-4000:], err=True)
-            _fail(f"the agent exited with code {process.returncode}; the full log is {paths.agent_log}")
-        record = read_agent_record(paths)
-        if record is not None and record.pid == process.pid:
-            try:
-                status = AdminClient(record, read_token(paths)).get("/api/v1/status")
-            except AgentNotRunning:
-                status = None
-            if status is not None:
-                states = {entry["name"]: entry for entry in status["services"]}
-                if all(states.get(name, {}).get("health") in ("healthy", "unknown") for name in wanted):
-                    break
-        time.sleep(0.1)
-    else:
-        if status is not None:
-            _print_status(status)
-        _fail(
-            f"not every service was healthy within {timeout:g}s; the agent keeps running (pid {process.pid})"
-        )
-    assert status is not None
-    _print_status(status)
-    stop = "devmesh down" if loaded.path != project.path else "devmesh compose down"
-    click.echo(
-        f"devmesh runs in the background (pid {process.pid}); `devmesh logs -f` to follow, `{stop}` to stop"
-    )
 
 
 @compose.command("down")

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -121,13 +122,19 @@ def _load(ctx: click.Context) -> LoadedConfig:
 
 
 def _project_dir(ctx: click.Context) -> Path:
-    """The project folder, found like the config (so `status` works from any subfolder)."""
+    """The project folder, found like the config (so `status` works from any subfolder); without a
+    config, the nearest folder an agent runs for (`devmesh compose up` needs no devmesh.toml)."""
+    from devmesh.agent.paths import StatePaths, read_agent_record
     from devmesh.config import ConfigError, find_config
 
     options: Options = ctx.obj
     try:
         return find_config(explicit=options.config_file).parent
     except ConfigError as error:
+        if options.config_file is None and not os.environ.get("DEVMESH_CONFIG"):
+            for folder in (Path.cwd(), *Path.cwd().parents):
+                if read_agent_record(StatePaths(folder)) is not None:
+                    return folder
         _fail(str(error), EXIT_USAGE)
 
 
@@ -190,7 +197,11 @@ def up(ctx: click.Context, services: tuple[str, ...], detach: bool, timeout: flo
     loaded = _load(ctx)
     if detach:
         gc.enable()
-        _up_detached(ctx, loaded, list(services), timeout, share=share)
+        argv = [sys.executable, "-m", "devmesh", "-f", str(loaded.path)]
+        if loaded.env_name:
+            argv += ["--env", loaded.env_name]
+        argv += ["up", *(["--share"] if share else []), *services]
+        start_detached(loaded, list(services), timeout, argv=argv)
         return
     from devmesh.agent.runtime import AgentError, run_agent
 
@@ -201,9 +212,17 @@ def up(ctx: click.Context, services: tuple[str, ...], detach: bool, timeout: flo
     raise SystemExit(code)
 
 
-def _up_detached(
-    ctx: click.Context, loaded: LoadedConfig, services: list[str], timeout: float, *, share: bool = False
+def start_detached(
+    loaded: LoadedConfig,
+    services: list[str],
+    timeout: float,
+    *,
+    argv: list[str],
+    stop_command: str = "devmesh down",
+    ready_health: Collection[str] = ("healthy",),
 ) -> None:
+    """`up --detach`: run `argv` (an agent in the foreground) in the background, logging to
+    .devmesh/logs, and return once `services` (default: all) have a health in `ready_health`."""
     import subprocess
 
     from devmesh.agent.client import AdminClient, AgentNotRunning
@@ -223,10 +242,6 @@ def _up_detached(
             f"no service named {', '.join(map(repr, unknown))} (services: {', '.join(loaded.config.services)})",
             2,
         )
-    argv = [sys.executable, "-m", "devmesh", "-f", str(loaded.path)]
-    if loaded.env_name:
-        argv += ["--env", loaded.env_name]
-    argv += ["up", *(["--share"] if share else []), *services]
     log_offset = paths.agent_log.stat().st_size if paths.agent_log.exists() else 0
     with paths.agent_log.open("ab") as log:
         process = subprocess.Popen(
@@ -255,7 +270,7 @@ def _up_detached(
                 status = None
             if status is not None:
                 states = {entry["name"]: entry for entry in status["services"]}
-                if all(states.get(name, {}).get("health") == "healthy" for name in wanted):
+                if all(states.get(name, {}).get("health") in ready_health for name in wanted):
                     break
         time.sleep(0.05)
     else:
@@ -269,7 +284,8 @@ def _up_detached(
     assert status is not None
     _print_status(status)
     click.echo(
-        f"devmesh runs in the background (pid {process.pid}); `devmesh logs -f` to follow, `devmesh down` to stop"
+        f"devmesh runs in the background (pid {process.pid}); `devmesh logs -f` to follow, "
+        f"`{stop_command}` to stop"
     )
 
 

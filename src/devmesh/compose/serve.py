@@ -6,10 +6,16 @@ would leave the container running. This wrapper runs `compose up --no-deps SERVI
 dependencies itself) and, on SIGTERM, SIGINT or SIGHUP, runs `compose stop SERVICE` and waits for `up` to
 end. The supervisor's stop_grace for these services is the stop timeout plus a margin, so the stop has
 the time it needs before any SIGKILL.
+
+The stop uses the compose file as it was when the service started: when an edit removed the service
+(the agent reloads and stops it), the file on disk no longer knows it, and `compose stop` would stop
+nothing. The text read at start goes to a hidden file beside the original for the stop (same folder:
+same project name, same relative paths) and is removed after.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -34,6 +40,7 @@ def serve(engine: ComposeEngine, compose_file: Path, service: str, *, stop_timeo
     previous = {
         signum: signal.signal(signum, record) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     }
+    started_with = compose_file.read_bytes()
     try:
         up = subprocess.Popen(
             engine.command(compose_file, "up", "--no-deps", service),
@@ -48,7 +55,7 @@ def serve(engine: ComposeEngine, compose_file: Path, service: str, *, stop_timeo
         if not stop_requested:
             return up.returncode
         print(f"devmesh: stopping compose service {service}", file=sys.stderr, flush=True)
-        stopped = _stop(engine, compose_file, service, stop_timeout_s)
+        stopped = _stop(engine, compose_file, started_with, service, stop_timeout_s)
         _end(up)
         return 0 if stopped else 1
     finally:
@@ -56,8 +63,20 @@ def serve(engine: ComposeEngine, compose_file: Path, service: str, *, stop_timeo
             signal.signal(signum, handler)
 
 
-def _stop(engine: ComposeEngine, compose_file: Path, service: str, stop_timeout_s: float) -> bool:
-    argv = engine.command(compose_file, "stop", "-t", f"{max(0, round(stop_timeout_s)):d}", service)
+def _stop(
+    engine: ComposeEngine, compose_file: Path, started_with: bytes, service: str, stop_timeout_s: float
+) -> bool:
+    try:
+        unchanged = compose_file.read_bytes() == started_with
+    except OSError:
+        unchanged = False
+    as_started = compose_file
+    if not unchanged:
+        as_started = compose_file.with_name(
+            f".{compose_file.name}.devmesh-stop-{os.getpid()}{compose_file.suffix}"
+        )
+        as_started.write_bytes(started_with)
+    argv = engine.command(as_started, "stop", "-t", f"{max(0, round(stop_timeout_s)):d}", service)
     try:
         result = subprocess.run(
             argv, stdin=subprocess.DEVNULL, cwd=compose_file.parent, timeout=stop_timeout_s + STOP_OVERHEAD_S
@@ -65,6 +84,9 @@ def _stop(engine: ComposeEngine, compose_file: Path, service: str, stop_timeout_
     except subprocess.TimeoutExpired:
         print(f"devmesh: `{' '.join(argv)}` did not finish in time", file=sys.stderr, flush=True)
         return False
+    finally:
+        if as_started != compose_file:
+            as_started.unlink(missing_ok=True)
     return result.returncode == 0
 
 

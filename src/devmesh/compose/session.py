@@ -8,19 +8,17 @@ Without one, the project is the compose file's folder, named like the compose pr
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from devmesh.agent.runtime import Agent
 from devmesh.compose.engine import ComposeEngine
 from devmesh.compose.mapping import ComposeProject
 from devmesh.compose.services import devmesh_services
 from devmesh.config import LoadedConfig
 from devmesh.config.errors import ConfigError, ConfigProblem
 from devmesh.config.schema import MeshConfig, ServiceSection
-from devmesh.supervisor.logs import LogSink
 
 
 @dataclass(frozen=True)
@@ -76,30 +74,21 @@ def _section(project: ComposeProject, name: str, table: dict[str, Any]) -> Servi
         raise ConfigError([ConfigProblem(project.path, None, ("services", name), str(error))]) from None
 
 
-class ComposeAgent(Agent):
-    """The agent of `compose up`. Its config lives in memory (the compose file mapped, plus devmesh.toml),
-    so an edit of devmesh.toml is not reloaded live: reloading it alone would drop the compose services."""
+def session_loader(
+    compose_path: Path, engine: ComposeEngine, config_path: Path | None, env_name: str | None
+) -> Callable[[], LoadedConfig]:
+    """How the agent of `compose up` reads its config again when the compose file or devmesh.toml
+    changes: both read anew and mapped as at the start (a bad one raises ConfigError, and the agent
+    keeps what runs)."""
+    from devmesh.compose.mapping import ComposeError, read_compose
+    from devmesh.config import load_config
 
-    async def reload(self, logs: LogSink) -> None:
-        logs.agent(
-            "the config changed; `devmesh compose up` reads it when it starts: stop it and start it again "
-            "to apply the change",
-            component="config",
-            level="warning",
-            event="config_not_reloaded",
-        )
+    def load() -> LoadedConfig:
+        try:
+            project = read_compose(compose_path)
+        except ComposeError as error:
+            raise ConfigError([ConfigProblem(compose_path, None, (), str(error))]) from None
+        base = load_config(config_path, env_name=env_name) if config_path is not None else None
+        return session_config(project, engine, base).loaded
 
-
-def run_compose_agent(
-    loaded: LoadedConfig, *, services: Sequence[str] | None = None, share: bool = False
-) -> int:
-    """Run the compose session's agent in the foreground (uvloop where available) until a signal stops it."""
-    agent = ComposeAgent(loaded, services=services, share=share)
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover - uvloop is not built for every platform
-        runner = asyncio.Runner()
-    with runner:
-        return runner.run(agent.run())
+    return load
