@@ -315,9 +315,17 @@ def test_the_events_stream_and_metrics_follow_a_peer_joining_and_leaving(tmp_pat
                 served = next_event(stream, "service", 5)  # alice's api, now reachable from bob
                 assert served["service"]["name"] == "api" and served["service"]["origin"] == "peer"  # type: ignore[index]
                 assert served["service"]["endpoints"][0]["peer"] == alice_id  # type: ignore[index]
-                _, _, metrics = http(int(admin.rpartition(":")[2]), admin, "/metrics")
-                assert b"devmesh_peers 1.0" in metrics
-                assert b'devmesh_service_up{origin="peer",service="api"} 1.0' in metrics
+
+                # The first event may carry the peer's endpoint before its health is known (up 0).
+                def metrics() -> bytes:
+                    return http(int(admin.rpartition(":")[2]), admin, "/metrics")[2]
+
+                wait_for(
+                    lambda: b'devmesh_service_up{origin="peer",service="api"} 1.0' in metrics(),
+                    timeout=5,
+                    what="the peer's api up in /metrics",
+                )
+                assert b"devmesh_peers 1.0" in metrics()
                 offering.process.send_signal(signal.SIGTERM)
                 left = next_event(stream, "peer", 10)
                 assert left == {**left, "event": "left", "peer": alice_id}
