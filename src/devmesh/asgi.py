@@ -20,19 +20,14 @@ and every mounted app. See docs/middleware.md.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from devmesh.middleware.asgi_forward import MeshResponseError, forward_http
 from devmesh.middleware.core import (
-    FORWARD_TIMEOUT_S,
-    HEALTH_PATH,
-    ROUTES_PATH,
     Action,
+    HostRoutingMiddleware,
     LocalResponse,
-    MeshSettings,
-    MiddlewareCore,
     came_through_mesh,
     forward_headers,
     trusted_forwarded,
@@ -43,7 +38,7 @@ from devmesh.middleware.types import ASGIApp, Message, Receive, Scope, Send
 WEBSOCKET_TRY_AGAIN_LATER = 1013
 
 
-class DevmeshMiddleware:
+class DevmeshMiddleware(HostRoutingMiddleware[ASGIApp]):
     """Wraps an ASGI app; see the module docstring for what it does with each request.
 
     Args:
@@ -68,44 +63,7 @@ class DevmeshMiddleware:
         environ: the environment to read the defaults from (tests); default `os.environ`.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        hosts: Mapping[str, ASGIApp] | None = None,
-        domain: str | None = None,
-        mesh: str | bool | None = None,
-        mesh_services: Iterable[str] | None = None,
-        forward_unknown: bool = False,
-        service: str | None = None,
-        version: str | None = None,
-        trust_forwarded_headers: bool = True,
-        health_path: str | None = HEALTH_PATH,
-        routes_path: str | None = ROUTES_PATH,
-        timeout: float = FORWARD_TIMEOUT_S,
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        if not callable(app):
-            raise TypeError(f"app: {app!r} is not an ASGI app (give the application object)")
-        if timeout <= 0:
-            raise ValueError(f"timeout: {timeout!r} must be a positive number of seconds")
-        self.app = app
-        self.core: MiddlewareCore[ASGIApp] = MiddlewareCore(
-            hosts,
-            MeshSettings.resolve(
-                service=service,
-                version=version,
-                domain=domain,
-                mesh=mesh,
-                mesh_services=mesh_services,
-                forward_unknown=forward_unknown,
-                environ=os.environ if environ is None else environ,
-            ),
-            health_path=health_path,
-            routes_path=routes_path,
-        )
-        self.trust_forwarded_headers = trust_forwarded_headers
-        self.timeout = timeout
+    APP_KIND = "an ASGI app"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -14,17 +14,12 @@ The environ carries what was matched: `environ["devmesh"]` (a `HostMatch`) and `
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from devmesh.middleware.core import (
-    FORWARD_TIMEOUT_S,
-    HEALTH_PATH,
-    ROUTES_PATH,
     Action,
+    HostRoutingMiddleware,
     LocalResponse,
-    MeshSettings,
-    MiddlewareCore,
     came_through_mesh,
     forward_headers,
     trusted_forwarded,
@@ -36,7 +31,7 @@ from devmesh.middleware.wsgi_forward import environ_headers, forward_wsgi
 _REASONS = {200: "OK", 405: "Method Not Allowed", 502: "Bad Gateway", 504: "Gateway Timeout"}
 
 
-class DevmeshWSGIMiddleware:
+class DevmeshWSGIMiddleware(HostRoutingMiddleware[WSGIApplication]):
     """Wraps a WSGI app; the arguments are those of `devmesh.asgi.DevmeshMiddleware`, with WSGI apps.
 
     Args:
@@ -57,44 +52,7 @@ class DevmeshWSGIMiddleware:
         environ: the process environment to read the defaults from (tests); default `os.environ`.
     """
 
-    def __init__(
-        self,
-        app: WSGIApplication,
-        *,
-        hosts: Mapping[str, WSGIApplication] | None = None,
-        domain: str | None = None,
-        mesh: str | bool | None = None,
-        mesh_services: Iterable[str] | None = None,
-        forward_unknown: bool = False,
-        service: str | None = None,
-        version: str | None = None,
-        trust_forwarded_headers: bool = True,
-        health_path: str | None = HEALTH_PATH,
-        routes_path: str | None = ROUTES_PATH,
-        timeout: float = FORWARD_TIMEOUT_S,
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        if not callable(app):
-            raise TypeError(f"app: {app!r} is not a WSGI app (give the application object)")
-        if timeout <= 0:
-            raise ValueError(f"timeout: {timeout!r} must be a positive number of seconds")
-        self.app = app
-        self.core: MiddlewareCore[WSGIApplication] = MiddlewareCore(
-            hosts,
-            MeshSettings.resolve(
-                service=service,
-                version=version,
-                domain=domain,
-                mesh=mesh,
-                mesh_services=mesh_services,
-                forward_unknown=forward_unknown,
-                environ=os.environ if environ is None else environ,
-            ),
-            health_path=health_path,
-            routes_path=routes_path,
-        )
-        self.trust_forwarded_headers = trust_forwarded_headers
-        self.timeout = timeout
+    APP_KIND = "a WSGI app"
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self.trust_forwarded_headers:

@@ -8,7 +8,8 @@ X-Forwarded-*) and the two forwarders (asyncio for ASGI, http.client for WSGI). 
 from __future__ import annotations
 
 from devmesh.middleware.core import HEALTH_PATH, ROUTES_PATH, MeshAddress, MeshSettings
-from devmesh.middleware.hosts import HostMatch, HostRouter, normalize_host
+from devmesh.middleware.hosts import HostMatch, HostRouter
+from devmesh.routing.table import normalize_host
 
 __all__ = [
     "HEALTH_PATH",

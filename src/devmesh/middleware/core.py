@@ -25,8 +25,8 @@ from devmesh.middleware.hosts import (
     full_host,
     names_in,
     normalize_domain,
-    normalize_host,
 )
+from devmesh.routing.table import normalize_host
 
 AppT = TypeVar("AppT")
 
@@ -463,3 +463,49 @@ __all__ = [
     "Plan",
     "full_host",
 ]
+
+
+class HostRoutingMiddleware(Generic[AppT]):
+    """The constructor both middleware classes share (their docstrings list the arguments); `APP_KIND`
+    names the kind of app for errors."""
+
+    APP_KIND = "an app"
+
+    def __init__(
+        self,
+        app: AppT,
+        *,
+        hosts: Mapping[str, AppT] | None = None,
+        domain: str | None = None,
+        mesh: str | bool | None = None,
+        mesh_services: Iterable[str] | None = None,
+        forward_unknown: bool = False,
+        service: str | None = None,
+        version: str | None = None,
+        trust_forwarded_headers: bool = True,
+        health_path: str | None = HEALTH_PATH,
+        routes_path: str | None = ROUTES_PATH,
+        timeout: float = FORWARD_TIMEOUT_S,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app: {app!r} is not {self.APP_KIND} (give the application object)")
+        if timeout <= 0:
+            raise ValueError(f"timeout: {timeout!r} must be a positive number of seconds")
+        self.app = app
+        self.core: MiddlewareCore[AppT] = MiddlewareCore(
+            hosts,
+            MeshSettings.resolve(
+                service=service,
+                version=version,
+                domain=domain,
+                mesh=mesh,
+                mesh_services=mesh_services,
+                forward_unknown=forward_unknown,
+                environ=os.environ if environ is None else environ,
+            ),
+            health_path=health_path,
+            routes_path=routes_path,
+        )
+        self.trust_forwarded_headers = trust_forwarded_headers
+        self.timeout = timeout

@@ -11,23 +11,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from devmesh.routing.table import normalize_host
+
 AppT = TypeVar("AppT")
 
 # One DNS label (letters, digits, hyphens; underscores too, as local tools often use them).
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-
-
-def normalize_host(raw: str) -> str:
-    """`API.localhost:8000.` → `api.localhost`; `[::1]:8000` → `::1`; `` → ``."""
-    host = raw.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[1:end] if end > 0 else host
-    colon = host.rfind(":")
-    if colon >= 0 and host.count(":") == 1:
-        host = host[:colon]
-    return host.rstrip(".")
 
 
 def normalize_domain(domain: str, *, source: str) -> str:
