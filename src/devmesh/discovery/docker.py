@@ -403,12 +403,7 @@ class DockerSource:
         """Wake the thread from a blocking read: close the events stream and the client."""
         with self._lock:
             events, client = self._events, self._client
-        if events is not None:
-            with contextlib.suppress(Exception):
-                events.close()
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
+        _close_quietly(events, client)
 
     def _follow(self, publish: Callable[[list[DiscoveredService]], None]) -> None:
         """The thread: list, follow events, re-list; on losing the engine report nothing and retry."""
@@ -468,9 +463,12 @@ class DockerSource:
         with self._lock:
             events, client = self._events, self._client
             self._events = self._client = None
-        if events is not None:
+        _close_quietly(events, client)
+
+
+def _close_quietly(*closables: Any) -> None:
+    """Close the events stream and the client, whatever state a failed connection left them in."""
+    for closable in closables:
+        if closable is not None:
             with contextlib.suppress(Exception):
-                events.close()
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
+                closable.close()
