@@ -146,7 +146,8 @@ function updateActions(row, s) {
   row.stop.hidden = stopped;
   row.start.hidden = !stopped;
   const readOnlyTitle = token ? null : READ_ONLY_HINT;
-  const why = managed ? null : `${s.name} is served by a ${s.origin}: nothing to start or stop here`;
+  const source = { docker: "a Docker container", kubernetes: "a Kubernetes Service" }[s.origin] || `a ${s.origin}`;
+  const why = managed ? null : `${s.name} is served by ${source}: nothing to start or stop here`;
   for (const button of [row.restart, row.stop, row.start]) {
     const busy = button.classList.contains("is-busy");
     button.disabled = !token || !managed || busy;
