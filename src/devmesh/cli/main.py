@@ -9,8 +9,8 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from collections.abc import Collection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -21,6 +21,7 @@ from devmesh.cli.compose import compose
 from devmesh.cli.docker import from_docker
 from devmesh.cli.export import export
 from devmesh.cli.graph import graph
+from devmesh.cli.k8s import k8s
 from devmesh.cli.names import install, uninstall
 from devmesh.cli.plugins import plugin
 from devmesh.cli.trust import trust
@@ -696,13 +697,14 @@ app.add_command(wait)
 app.add_command(check)
 app.add_command(fault)
 app.add_command(chaos)
+app.add_command(from_docker)
 app.add_command(compose)
+app.add_command(k8s)
 app.add_command(install)
 app.add_command(uninstall)
-app.add_command(plugin)
-app.add_command(vscode)
-app.add_command(from_docker)
 app.add_command(export)
+app.add_command(vscode)
+app.add_command(plugin)
 
 
 def run() -> None:
