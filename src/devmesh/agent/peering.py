@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from devmesh.mesh.snapshot import Health
 
 if TYPE_CHECKING:
+    from devmesh.agent.hub_link import HubLink
     from devmesh.config import LoadedConfig
     from devmesh.config.units import Address
     from devmesh.mesh.snapshot import MeshState
@@ -38,6 +39,7 @@ class MeshPeering:
     mesh_proxy: ProxyServer | None
     peers: PeerFollower | None
     discovery: MdnsDiscovery | None
+    hub_link: HubLink | None
     _share_flag: bool
     _mesh_tls: tuple[ssl.SSLContext, ssl.SSLContext] | None
 
@@ -114,7 +116,7 @@ class MeshPeering:
                 f"mesh port on {self.mesh_address} as peer {self.peer_id}"
                 + (f", offering {', '.join(offered)}" if offered else ", offering nothing")
             )
-        if not (config.peers.static or self._mdns()):
+        if not (config.peers.static or self._mdns() or self.hub_link is not None):
             return
         digest = mesh_hash(self.loaded.mesh_name, config.mesh.secret)
         self.peers = PeerFollower(

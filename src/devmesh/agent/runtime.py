@@ -75,6 +75,7 @@ if TYPE_CHECKING:
 
     from devmesh.admin.app import AgentControl
     from devmesh.admin.models import StatusDocument
+    from devmesh.agent.hub_link import HubLink, HubOptions
     from devmesh.observe.tracing import RequestTracer
     from devmesh.peers.follower import PeerFollower
     from devmesh.peers.mdns import MdnsDiscovery
@@ -94,6 +95,7 @@ class Agent(AdminControls, MeshPeering):
         terminal: TextIO | None = None,
         share: bool = False,
         reload_config: Callable[[], LoadedConfig] | None = None,
+        hub: HubOptions | None = None,
     ) -> None:
         self.loaded = loaded
         # How a config change on disk is read again: load_config on the same files, unless the config
@@ -136,6 +138,8 @@ class Agent(AdminControls, MeshPeering):
         self.discovered: DiscoveryFeeds | None = None  # [discovery]: Docker containers, Kubernetes Services
         self._mesh_started: float | None = None  # monotonic time the peers began to be followed
         self.plugins: PluginHooks | None = None  # hook plugins (entry points in devmesh.plugins)
+        self._hub_options = hub
+        self.hub_link: HubLink | None = None  # `up --hub` / [peers] hub: enrollment, session, revisions
 
     @property
     def token(self) -> str:
@@ -175,6 +179,14 @@ class Agent(AdminControls, MeshPeering):
             json_terminal=os.environ.get("DEVMESH_LOG_FORMAT", "").lower() == "json",
         )
         self._logs = logs
+        if self._hub_options is not None:
+            from devmesh.agent.hub_link import HubLink
+
+            # Enrols (a refused token stops `up` here) and applies the last good revision, so the first
+            # services start with it; the reloads read the files with the revision in force over them.
+            self.hub_link = await HubLink.open(self, self._hub_options, logs)
+            self._reload_config = self.hub_link.load_config
+            config = self.loaded.config
         for name in config.services:
             logs.register(name)  # the prefix column is as wide as the longest name from the first line
         reaped = await asyncio.to_thread(reap_project, self.loaded.project_dir)
@@ -256,6 +268,8 @@ class Agent(AdminControls, MeshPeering):
             self._follow_peers()
             if self.peers is not None:
                 tasks.append(loop.create_task(self._keep_following_peers()))
+            if self.hub_link is not None:
+                self.hub_link.start()
             self._start_remote_probes(logs)
             self.discovered = DiscoveryFeeds(supervisor=self.supervisor, logs=logs)
             self.discovered.configure(config.discovery)
@@ -319,6 +333,8 @@ class Agent(AdminControls, MeshPeering):
             await self._stop_event.wait()
             logs.agent("stopping services...")
         finally:
+            if self.hub_link is not None:
+                await self.hub_link.close()
             await self.plugins.stop()  # on_agent_stopping while the services still run
             for task in tasks:
                 task.cancel()
@@ -474,6 +490,8 @@ class Agent(AdminControls, MeshPeering):
             self.stream.peers_seen(live, self._peer_entries)
         if self.events.subscribers:
             self._send_service_changes()
+        if self.hub_link is not None:
+            self.hub_link.services_changed()
         self._follow_peers(views)
 
     def _follow_peers(self, views: dict[str, ServiceView] | None = None) -> None:
@@ -649,9 +667,10 @@ def run_agent(
     services: Sequence[str] | None = None,
     share: bool = False,
     reload_config: Callable[[], LoadedConfig] | None = None,
+    hub: HubOptions | None = None,
 ) -> int:
     """Run an agent in the foreground on uvloop (where available) until a signal stops it."""
-    agent = Agent(loaded, services=services, share=share, reload_config=reload_config)
+    agent = Agent(loaded, services=services, share=share, reload_config=reload_config, hub=hub)
     try:
         import uvloop
 

@@ -179,8 +179,23 @@ def _call(ctx: click.Context, method: str, path: str, body: dict[str, Any] | Non
     is_flag=True,
     help="Offer this project's services to peers on the mesh port (as [mesh] share = true).",
 )
+@click.option("--hub", "hub_url", metavar="URL", help="Join this hub (as [peers] hub): revisions, peers.")
+@click.option(
+    "--hub-token",
+    metavar="TOKEN",
+    envvar="DEVMESH_HUB_TOKEN",
+    help="One-time enrollment token from `devmesh hub enroll` (first start only; env DEVMESH_HUB_TOKEN).",
+)
 @click.pass_context
-def up(ctx: click.Context, services: tuple[str, ...], detach: bool, timeout: float, share: bool) -> None:
+def up(
+    ctx: click.Context,
+    services: tuple[str, ...],
+    detach: bool,
+    timeout: float,
+    share: bool,
+    hub_url: str | None,
+    hub_token: str | None,
+) -> None:
     """Start every service of the project and supervise it (Ctrl-C stops them all).
 
     \b
@@ -188,6 +203,7 @@ def up(ctx: click.Context, services: tuple[str, ...], detach: bool, timeout: flo
       devmesh up
       devmesh up api --detach
       devmesh up --share          (teammates whose [peers] list this machine can call its services)
+      devmesh up --hub https://hub.example:7000 --hub-token TOKEN   (once; later starts reuse the credential)
     """
     import gc
 
@@ -196,18 +212,26 @@ def up(ctx: click.Context, services: tuple[str, ...], detach: bool, timeout: flo
     # those objects frozen, once it is up.
     gc.disable()
     loaded = _load(ctx)
+    hub_url = hub_url or loaded.config.peers.hub
+    hub_token = hub_token or loaded.config.peers.hub_token
+    if hub_url is not None and not hub_url.startswith(("http://", "https://")):
+        _fail(f"--hub {hub_url!r} is not a URL; write it as https://host[:port]", EXIT_USAGE)
     if detach:
         gc.enable()
         argv = [sys.executable, "-m", "devmesh", "-f", str(loaded.path)]
         if loaded.env_name:
             argv += ["--env", loaded.env_name]
-        argv += ["up", *(["--share"] if share else []), *services]
+        argv += ["up", *(["--share"] if share else []), *(["--hub", hub_url] if hub_url else []), *services]
+        if hub_token:
+            os.environ["DEVMESH_HUB_TOKEN"] = hub_token  # to the child, not on its command line (ps)
         start_detached(loaded, list(services), timeout, argv=argv)
         return
+    from devmesh.agent.hub_link import HubOptions
     from devmesh.agent.runtime import AgentError, run_agent
 
+    hub = HubOptions(hub_url, hub_token) if hub_url else None
     try:
-        code = run_agent(loaded, services=services or None, share=share)
+        code = run_agent(loaded, services=services or None, share=share, hub=hub)
     except AgentError as error:
         _fail(str(error))
     raise SystemExit(code)

@@ -11,6 +11,7 @@ import difflib
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,13 @@ def load_config(
     *,
     env_name: str | None = None,
     environ: dict[str, str] | None = None,
+    revision: tuple[Path, Mapping[str, Any]] | None = None,
 ) -> LoadedConfig:
     """Read, expand, merge and validate the config at `path` (found from the cwd when None).
+
+    `revision` (a hub revision: where it is kept, and its document) is merged over every file as the last
+    overlay; it is not expanded (its text comes from the hub, not from this machine), and a problem in a
+    key it sets names its file.
 
     Raises:
         ConfigError: naming the file, key path and line of every problem found.
@@ -79,6 +85,9 @@ def load_config(
         layers.append(_read_layer(overlay))
     for layer in layers:
         layer.data = _expand(layer.data, variables, layer, (), warnings)
+    revision_layer = _Layer(revision[0], dict(revision[1])) if revision is not None else None
+    if revision_layer is not None:
+        layers.append(revision_layer)
 
     merged: dict[str, Any] = {}
     for layer in layers:
@@ -86,7 +95,7 @@ def load_config(
     try:
         config = MeshConfig.model_validate(merged)
     except ValidationError as error:
-        raise ConfigError(_problems_from(error, layers)) from None
+        raise ConfigError(_problems_from(error, layers, revision_layer)) from None
     return LoadedConfig(
         config=config,
         path=main_path,
@@ -226,7 +235,9 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _problems_from(error: ValidationError, layers: list[_Layer]) -> list[ConfigProblem]:
+def _problems_from(
+    error: ValidationError, layers: list[_Layer], revision: _Layer | None = None
+) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     for detail in error.errors(include_url=False):
         key_path = tuple(str(part) for part in detail["loc"])
@@ -247,7 +258,10 @@ def _problems_from(error: ValidationError, layers: list[_Layer]) -> list[ConfigP
             message = "expected a table (a [section] or { key = value })"
         # The last layer that writes the key is the one to fix.
         file_path, line = layers[0].path, None
-        for layer in reversed(layers):
+        in_revision = revision is not None and _data_has(revision.data, key_path)
+        if revision is not None and in_revision:
+            file_path = revision.path  # a hub document has no lines
+        for layer in [] if in_revision else reversed(layers):
             line = find_line(layer.lines, key_path)
             if line is not None and _layer_has(layer.data, key_path[:1]):
                 file_path = layer.path
@@ -258,6 +272,16 @@ def _problems_from(error: ValidationError, layers: list[_Layer]) -> list[ConfigP
 
 def _layer_has(data: dict[str, Any], key_path: tuple[str, ...]) -> bool:
     return not key_path or key_path[0] in data
+
+
+def _data_has(data: dict[str, Any], key_path: tuple[str, ...]) -> bool:
+    """Whether `data` sets the key at `key_path`."""
+    node: Any = data
+    for part in key_path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _suggest(wrong: str, candidates: set[str] | list[str]) -> str | None:

@@ -1,0 +1,205 @@
+"""The hub link without a hub: its state files, its backoff, enrollment failures, and what it does with
+a revision or a peers list (a fake agent; the real one is in tests/integration/test_hub_agent.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devmesh.agent.hub_link import HUB_RECONNECT_MAX_S, HubLink, HubOptions, reconnect_delay
+from devmesh.agent.hub_state import (
+    HubCredential,
+    HubUnreachable,
+    SavedRevision,
+    StateFileError,
+    enroll,
+    read_credential,
+    read_saved_revision,
+    revision_file,
+    write_credential,
+    write_saved_revision,
+)
+from devmesh.agent.paths import StatePaths
+from devmesh.config import LoadedConfig, load_config
+from devmesh.config.revision import revision_hash
+from devmesh.config.units import Address, parse_address
+from devmesh.faults.book import FaultBook
+from devmesh.supervisor.logs import LogSink
+from support import free_port
+
+CREDENTIAL = HubCredential("http://hub.example:7000", "agt_1", "team", "s3cret-credential")
+
+
+def test_the_credential_is_kept_private_and_for_its_hub_only(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path)
+    old = os.umask(0o022)
+    try:
+        write_credential(paths, CREDENTIAL)
+    finally:
+        os.umask(old)
+    file = tmp_path / ".devmesh" / "hub.json"
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert read_credential(paths, "http://hub.example:7000/") == CREDENTIAL
+    assert read_credential(paths, "http://other.example:7000") is None
+    file.chmod(0o644)  # loosened by hand: the next write makes it private again
+    write_credential(paths, CREDENTIAL)
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert not [p for p in file.parent.iterdir() if p.name.startswith(".hub")]  # no temporary left
+
+
+def test_a_broken_state_file_is_an_error_that_names_it(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path)
+    paths.ensure()
+    (paths.root / "hub.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(StateFileError, match=r"hub\.json: not valid JSON"):
+        read_credential(paths, CREDENTIAL.hub)
+    (paths.root / "hub.json").write_text('{"hub": "x"}', encoding="utf-8")
+    with pytest.raises(StateFileError, match="not a hub credential"):
+        read_credential(paths, CREDENTIAL.hub)
+
+
+def test_the_saved_revision_is_checked_against_its_hash(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path)
+    assert read_saved_revision(paths) is None
+    document = {"faults": {"f": {"service": "api", "abort": 503}}}
+    write_saved_revision(paths, SavedRevision(revision_hash(document), document))
+    assert read_saved_revision(paths) == SavedRevision(revision_hash(document), document)
+    assert stat.S_IMODE(revision_file(paths).stat().st_mode) == 0o600
+    tampered = json.loads(revision_file(paths).read_text())
+    tampered["document"]["faults"]["f"]["abort"] = 500
+    revision_file(paths).write_text(json.dumps(tampered), encoding="utf-8")
+    with pytest.raises(StateFileError, match="does not match its hash"):
+        read_saved_revision(paths)
+
+
+def test_the_backoff_doubles_from_half_a_second_to_thirty_with_jitter() -> None:
+    lowest = [reconnect_delay(attempt, rand=lambda: 0.0) for attempt in range(12)]
+    highest = [reconnect_delay(attempt, rand=lambda: 0.999999) for attempt in range(12)]
+    assert lowest[0] == 0.5 and highest[0] == pytest.approx(0.5)
+    assert highest[1] == pytest.approx(1.0) and highest[2] == pytest.approx(2.0)
+    assert max(highest) == pytest.approx(HUB_RECONNECT_MAX_S) and highest[-1] == pytest.approx(30.0)
+    assert lowest[-1] == 15.0  # even the shortest wait keeps half the step
+    assert all(low <= high for low, high in zip(lowest, highest, strict=True))
+    assert reconnect_delay(10_000) <= HUB_RECONNECT_MAX_S
+
+
+def test_enrolling_with_no_hub_there_is_unreachable_not_refused() -> None:
+    with pytest.raises(HubUnreachable):
+        enroll(f"http://127.0.0.1:{free_port()}", "tok", name="n", hostname="h", version="0", timeout_s=2)
+
+
+# -- the link with a fake agent ---------------------------------------------------------------------------
+
+
+class FakeFollower:
+    def __init__(self) -> None:
+        self.followed: list[str] = []
+        self.removed: list[str] = []
+
+    def add(self, address: Address) -> None:
+        self.followed.append(str(address))
+
+    def remove(self, address: Address, reason: str) -> None:
+        self.removed.append(str(address))
+
+
+class FakeAgent:
+    """What the link uses of an Agent; `reload` goes through the link's `load_config`, as the Agent's
+    seam does."""
+
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.faults = FaultBook(on_change=lambda event, details: None)
+        self.supervisor = None
+        self.peers: Any = FakeFollower()
+        self.mesh_address: Address | None = None
+        self.config_error: str | None = None
+        self.link: HubLink | None = None
+        self.reloads = 0
+
+    def offers(self, name: str) -> bool:
+        return False
+
+    async def reload(self, logs: LogSink) -> None:
+        assert self.link is not None
+        self.reloads += 1
+        self.loaded = self.link.load_config()
+        self.faults.load(self.loaded.config)
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Iterator[LogSink]:
+    sink = LogSink(tmp_path / "logs", terminal=io.StringIO())
+    yield sink
+    sink.close()
+
+
+def make_link(tmp_path: Path, logs: LogSink, static: str = "") -> tuple[HubLink, FakeAgent]:
+    config = tmp_path / "devmesh.toml"
+    config.write_text(
+        f"[peers]\nstatic = [{static}]\n[services.api]\nport = {free_port()}\n",
+        encoding="utf-8",
+    )
+    agent = FakeAgent(load_config(config))
+    link = HubLink(agent, HubOptions("http://hub.example"), logs, credential=CREDENTIAL, applied=None)
+    agent.link = link
+    return link, agent
+
+
+async def test_a_valid_revision_is_applied_and_saved(tmp_path: Path, logs: LogSink) -> None:
+    link, agent = make_link(tmp_path, logs)
+    document = {"faults": {"teapot": {"service": "api", "abort": 418}}}
+    status = await link._apply({"revision": revision_hash(document), "document": document})
+    assert status == {"revision": revision_hash(document), "status": "applied", "details": None}
+    assert agent.reloads == 1 and "teapot" in agent.loaded.config.faults
+    assert read_saved_revision(StatePaths(tmp_path)) == SavedRevision(revision_hash(document), document)
+    # The same revision again (after a reconnect): applied, without another reload.
+    assert (await link._apply({"revision": revision_hash(document), "document": document}) or {})[
+        "status"
+    ] == "applied"
+    assert agent.reloads == 1
+
+
+async def test_an_invalid_revision_is_rejected_and_nothing_changes(tmp_path: Path, logs: LogSink) -> None:
+    link, agent = make_link(tmp_path, logs)
+    before = agent.loaded
+    document = {"faults": {"teapot": {"service": "nope", "abort": 418}}}
+    status = await link._apply({"revision": revision_hash(document), "document": document})
+    assert status is not None and status["status"] == "rejected"
+    assert status["details"].startswith(".devmesh/hub-revision.json: faults.teapot.service: ")
+    assert "'nope'" in status["details"]
+    assert agent.reloads == 0 and agent.loaded is before and link.applied is None
+    assert read_saved_revision(StatePaths(tmp_path)) is None
+
+
+async def test_a_document_that_does_not_match_its_hash_is_rejected(tmp_path: Path, logs: LogSink) -> None:
+    link, agent = make_link(tmp_path, logs)
+    status = await link._apply({"revision": "0" * 64, "document": {"faults": {}}})
+    assert status is not None and status["status"] == "rejected" and "hash" in status["details"]
+    assert await link._apply({"document": {}}) is None  # no hash: nothing to answer to
+    assert agent.reloads == 0
+
+
+async def test_peers_listed_by_the_hub_are_followed_and_unfollowed(tmp_path: Path, logs: LogSink) -> None:
+    link, agent = make_link(tmp_path, logs, static='"127.0.0.1:7001"')
+    follower: FakeFollower = agent.peers
+    link._follow(
+        [
+            {"agent_id": "a", "mesh": "127.0.0.1:7001", "catalog": {}},
+            {"agent_id": "b", "mesh": "10.0.0.2:7090", "catalog": {}},
+            {"agent_id": "c", "mesh": None, "catalog": {}},
+            {"agent_id": "d", "mesh": "not an address", "catalog": {}},
+        ]
+    )
+    assert sorted(follower.followed) == ["10.0.0.2:7090", "127.0.0.1:7001"]
+    link._follow([])
+    assert follower.removed == ["10.0.0.2:7090"]  # the static address stays followed
+    assert link.status()["peers"] == 0
+    assert str(parse_address("10.0.0.2:7090")) == "10.0.0.2:7090"
