@@ -151,10 +151,13 @@ def test_the_hub_going_away_and_coming_back(project: Project, hub: HubDouble) ->
         good = hub.push({"faults": {"teapot": {"service": "api", "abort": 418}}})
         assert status_of(hub, good)["status"] == "applied"
         record = hub.agent()
+        linked = agent.status()["agent"]["hub"]
+        assert linked == {**linked, "url": hub.url, "connected": True, "revision": good}
         hub.stop()
         assert http(listen, "api.localhost")[0] == 418  # serving on, with the revision
         log_says = "trying again"
         wait_for(lambda: log_says in agent.log(), what="the lost connection in the log")
+        assert agent.status()["agent"]["hub"]["connected"] is False
         hub.start()
         wait_for(lambda: record.sessions == 2 and record.socket is not None, timeout=20, what="reconnected")
         hello = next(m for m in record.received if m["session"] == 2)

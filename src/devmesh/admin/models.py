@@ -47,6 +47,8 @@ class AgentInfo(BaseModel):
     mesh_refused: int = 0  # peer requests refused on the mesh port (bad, missing or replayed signatures)
     config_error: str | None = None
     revision: int
+    # `up --hub`: {url, connected, workspace, agent_id, revision (the hub revision applied), peers, error}
+    hub: dict[str, object] | None = None
 
 
 class StatusDocument(BaseModel):

@@ -571,6 +571,7 @@ class Agent(AdminControls, MeshPeering):
                 mesh_refused=self.mesh_proxy.mesh.refused if self.mesh_proxy and self.mesh_proxy.mesh else 0,
                 config_error=self.config_error,
                 revision=self.state.snapshot.revision,
+                hub=self.hub_link.status() if self.hub_link is not None else None,
             ),
             services=[
                 service_status(
