@@ -103,6 +103,8 @@ class HubAgent(Protocol):
 
     async def reload(self, logs: LogSink) -> None: ...
 
+    async def settle_dataplane(self) -> str | None: ...
+
 
 def reconnect_delay(attempt: int, *, rand: Callable[[], float] = random.random) -> float:
     """The wait before connection attempt `attempt + 1`: doubling from 0.5 s to 30 s, each between
@@ -517,6 +519,11 @@ class HubLink:
         if agent.config_error is not None:  # the files changed on disk meanwhile, and do not load
             self.applied = previous
             return self._rejected(revision, agent.config_error)
+        refused = await agent.settle_dataplane()
+        if refused is not None:  # nginx refused the route table (and serves the previous one): back
+            self.applied = previous
+            await agent.reload(self._logs)
+            return self._rejected(revision, f"the data plane refused it: {refused}")
         write_saved_revision(self._paths, self.applied)
         self._logs.agent(
             f"hub revision {revision[:12]} applied",

@@ -76,6 +76,8 @@ if TYPE_CHECKING:
     from devmesh.admin.app import AgentControl
     from devmesh.admin.models import StatusDocument
     from devmesh.agent.hub_link import HubLink, HubOptions
+    from devmesh.dataplane.sync import DataplaneSync
+    from devmesh.export.model import RouteModel
     from devmesh.observe.tracing import RequestTracer
     from devmesh.peers.follower import PeerFollower
     from devmesh.peers.mdns import MdnsDiscovery
@@ -96,8 +98,10 @@ class Agent(AdminControls, MeshPeering):
         share: bool = False,
         reload_config: Callable[[], LoadedConfig] | None = None,
         hub: HubOptions | None = None,
+        engine: str | None = None,
     ) -> None:
         self.loaded = loaded
+        self._engine = engine  # `up --engine`; None: [engine] kind
         # How a config change on disk is read again: load_config on the same files, unless the config
         # is made of more than devmesh's files (`compose up` maps a compose file in memory).
         self._reload_config = reload_config or (
@@ -140,6 +144,7 @@ class Agent(AdminControls, MeshPeering):
         self.plugins: PluginHooks | None = None  # hook plugins (entry points in devmesh.plugins)
         self._hub_options = hub
         self.hub_link: HubLink | None = None  # `up --hub` / [peers] hub: enrollment, session, revisions
+        self.dataplane: DataplaneSync | None = None  # `--engine nginx`: nginx serves the route table
 
     @property
     def token(self) -> str:
@@ -207,7 +212,13 @@ class Agent(AdminControls, MeshPeering):
         # Every port and certificate before any service starts: a busy port or a bad file fails `up`
         # with nothing half-started. Served once the first services are on their way; until then the
         # kernel queues connections, losing none.
+        engine = self._engine or config.engine.kind
         try:
+            if engine == "nginx" and config.proxy.https is not None:
+                raise AgentError(
+                    "[proxy] https: the nginx engine serves plain HTTP only; remove `https` or use the "
+                    "builtin engine (`devmesh up --engine builtin`)"
+                )
             proxy_socket = bind_tcp(config.proxy.listen, purpose="proxy", key="[proxy] listen")
             if config.proxy.https is not None:
                 https_socket = bind_tcp(config.proxy.https, purpose="HTTPS proxy", key="[proxy] https")
@@ -231,6 +242,11 @@ class Agent(AdminControls, MeshPeering):
                     sock.close()
             raise
         self.listen_address = Address(*proxy_socket.getsockname()[:2])
+        if engine == "nginx":
+            # nginx binds [proxy] listen itself: the socket only proved the port free (and chose it
+            # for port 0); it is closed just before nginx starts.
+            proxy_socket.close()
+            proxy_socket = None
         if https_socket is not None:
             self.https_address = Address(*https_socket.getsockname()[:2])
         if mesh_socket is not None:
@@ -262,7 +278,10 @@ class Agent(AdminControls, MeshPeering):
             order = self.supervisor.up(self._requested)
             self._publish()
             await asyncio.sleep(0)  # the runners spawn the first services...
-            await self._start_proxy(proxy_socket, https_socket, tls)  # ...while the proxy's code loads
+            if proxy_socket is not None:
+                await self._start_proxy(proxy_socket, https_socket, tls)  # ...while the proxy's code loads
+            else:
+                await self._start_dataplane(config, logs)
             await self._start_mesh(mesh_socket, logs)
             self._mesh_started = time.monotonic()
             self._follow_peers()
@@ -353,6 +372,8 @@ class Agent(AdminControls, MeshPeering):
             elif mesh_socket is not None:
                 mesh_socket.close()
             self.faults.close()
+            if self.dataplane is not None:
+                await self.dataplane.close()
             await self.supervisor.down()
             if self.proxy is not None:
                 await self.proxy.close()
@@ -492,6 +513,8 @@ class Agent(AdminControls, MeshPeering):
             self._send_service_changes()
         if self.hub_link is not None:
             self.hub_link.services_changed()
+        if self.dataplane is not None:
+            self.dataplane.changed()
         self._follow_peers(views)
 
     def _follow_peers(self, views: dict[str, ServiceView] | None = None) -> None:
@@ -631,14 +654,57 @@ class Agent(AdminControls, MeshPeering):
         if https_socket is not None:
             await self.proxy.start(https_socket, tls=tls)
 
+    async def _start_dataplane(self, config: MeshConfig, logs: LogSink) -> None:
+        """`--engine nginx`: nginx serves [proxy] listen with the route table, applied on every change."""
+        from devmesh.dataplane.engine import NginxEngine
+        from devmesh.dataplane.results import EngineError
+        from devmesh.dataplane.sync import DataplaneSync
+        from devmesh.export.model import from_status
+
+        assert self.listen_address is not None
+
+        def build() -> tuple[RouteModel, str]:
+            services = [entry.model_dump(mode="json") for entry in self.status().services]
+            model = from_status(services, self.loaded.config, mesh_name=self.loaded.mesh_name)
+            applied = self.hub_link.applied if self.hub_link is not None else None
+            local = f"local-{self.state.snapshot.revision}"
+            return model, f"hub-{applied.revision[:12]}-{local}" if applied is not None else local
+
+        try:
+            engine = NginxEngine.for_project(
+                self.loaded.project_dir,
+                config,
+                (self.listen_address.host, self.listen_address.port),
+                access_log=str(self.paths.log_dir / "nginx-access.log"),
+            )
+            self.dataplane = DataplaneSync(
+                engine, build=build, log=lambda message: logs.agent(message, component="nginx")
+            )
+            first = await self.dataplane.start()
+        except EngineError as error:
+            raise AgentError(str(error)) from None
+        if not first.ok:
+            raise AgentError(f"nginx refused the first config: {first.details}")
+        for note in engine.notes:
+            logs.agent(f"warning: {note}", component="nginx", level="warning")
+
+    async def settle_dataplane(self) -> str | None:
+        """Apply the route table to the data plane now (after a hub revision was loaded): None when it
+        serves it, else why it was refused (the previous config still serves)."""
+        if self.dataplane is None:
+            return None
+        result = await self.dataplane.apply_now()
+        return None if result.ok else (result.details or result.summary())
+
     def _start_remote_probes(self, logs: LogSink) -> None:
         """Probe every remote in the background while the agent runs (`health.remote`)."""
-        assert self.proxy is not None and self.supervisor is not None
+        assert self.supervisor is not None
         self.remotes = RemoteWatch(
             config=lambda: self.loaded.config,
             supervisor=self.supervisor,
             logs=logs,
-            tls_context=self.proxy.pool.tls_context,
+            # With the nginx engine there is no builtin proxy (nor its pool's TLS): the system's trust.
+            tls_context=self.proxy.pool.tls_context if self.proxy is not None else ssl.create_default_context,
             on_change=self._schedule_publish,
         )
         self.remotes.start()
@@ -669,9 +735,10 @@ def run_agent(
     share: bool = False,
     reload_config: Callable[[], LoadedConfig] | None = None,
     hub: HubOptions | None = None,
+    engine: str | None = None,
 ) -> int:
     """Run an agent in the foreground on uvloop (where available) until a signal stops it."""
-    agent = Agent(loaded, services=services, share=share, reload_config=reload_config, hub=hub)
+    agent = Agent(loaded, services=services, share=share, reload_config=reload_config, hub=hub, engine=engine)
     try:
         import uvloop
 

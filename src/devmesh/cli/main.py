@@ -186,6 +186,11 @@ def _call(ctx: click.Context, method: str, path: str, body: dict[str, Any] | Non
     envvar="DEVMESH_HUB_TOKEN",
     help="One-time enrollment token from `devmesh hub enroll` (first start only; env DEVMESH_HUB_TOKEN).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["builtin", "nginx"]),
+    help="The data plane that serves [proxy] listen (default: [engine] kind, else builtin).",
+)
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -195,6 +200,7 @@ def up(
     share: bool,
     hub_url: str | None,
     hub_token: str | None,
+    engine: str | None,
 ) -> None:
     """Start every service of the project and supervise it (Ctrl-C stops them all).
 
@@ -204,6 +210,7 @@ def up(
       devmesh up api --detach
       devmesh up --share          (teammates whose [peers] list this machine can call its services)
       devmesh up --hub https://hub.example:7000 --hub-token TOKEN   (once; later starts reuse the credential)
+      devmesh up --engine nginx   (nginx serves the route table: tested, reloaded, confirmed, rolled back)
     """
     import gc
 
@@ -221,7 +228,8 @@ def up(
         argv = [sys.executable, "-m", "devmesh", "-f", str(loaded.path)]
         if loaded.env_name:
             argv += ["--env", loaded.env_name]
-        argv += ["up", *(["--share"] if share else []), *(["--hub", hub_url] if hub_url else []), *services]
+        argv += ["up", *(["--share"] if share else []), *(["--hub", hub_url] if hub_url else [])]
+        argv += [*(["--engine", engine] if engine else []), *services]
         if hub_token:
             os.environ["DEVMESH_HUB_TOKEN"] = hub_token  # to the child, not on its command line (ps)
         start_detached(loaded, list(services), timeout, argv=argv)
@@ -231,7 +239,7 @@ def up(
 
     hub = HubOptions(hub_url, hub_token) if hub_url else None
     try:
-        code = run_agent(loaded, services=services or None, share=share, hub=hub)
+        code = run_agent(loaded, services=services or None, share=share, hub=hub, engine=engine)
     except AgentError as error:
         _fail(str(error))
     raise SystemExit(code)

@@ -46,6 +46,9 @@ class NginxOptions:
     access_log: str | None = None  # default: off
     # CA bundle to verify remotes' certificates with; None: not verified (said in a comment).
     trusted_ca: str | None = None
+    # Lines added at the end of the http {} block (or of the snippet), as given: e.g. the control
+    # server and keep-alive settings of an agent that runs nginx as its data plane (devmesh.dataplane).
+    extra_http: tuple[str, ...] = ()
 
 
 def render_nginx(model: RouteModel, listen: tuple[str, int], options: NginxOptions | None = None) -> str:
@@ -55,6 +58,8 @@ def render_nginx(model: RouteModel, listen: tuple[str, int], options: NginxOptio
         raise ExportError(f"nginx name prefix {options.name!r}: use letters, digits and '_'")
     lines = _header(model, listen, options)
     body = list(_http_body(model, listen, options))
+    if options.extra_http:
+        body += ["", *options.extra_http]
     if not options.full:
         return "\n".join(lines + body) + "\n"
     lines += _main_context(options)
