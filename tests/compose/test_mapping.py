@@ -193,3 +193,61 @@ def test_invalid_yaml_and_missing_services(tmp_path: Path) -> None:
         project(tmp_path, "services:\n  a: [\n")
     with pytest.raises(ComposeError, match=r"services: missing"):
         project(tmp_path, "version: '3'\n")
+
+
+# Compose reads YAML 1.2; PyYAML's safe_load reads YAML 1.1, where these unquoted values differ.
+
+
+@pytest.mark.parametrize(("restart", "expected"), [("no", "never"), ("'no'", "never"), ("always", "always")])
+def test_restart_no_unquoted_is_the_string_no(tmp_path: Path, restart: str, expected: str) -> None:
+    assert one(tmp_path, f"image: x\nrestart: {restart}\n").restart == expected
+
+
+def test_unquoted_port_mappings_are_not_base_60_numbers(tmp_path: Path) -> None:
+    # YAML 1.1 reads 2222:22 as 2222*60+22 and 1025:25 as 61525: ints, taken for container-only ports.
+    mapped = one(tmp_path, "image: x\nports:\n  - 2222:22\n  - 1025:25\n  - 80\n")
+    assert (mapped.port, mapped.target_port, mapped.other_ports) == (2222, 22, (1025,))
+    mapped = one(tmp_path, "image: x\nports: [5:30]\n")
+    assert (mapped.port, mapped.target_port) == (5, 30)
+
+
+def test_environment_values_read_as_compose_reads_them(tmp_path: Path) -> None:
+    mapped = one(
+        tmp_path,
+        "image: x\nenvironment:\n"
+        "  A: yes\n  B: on\n  C: off\n  D: no\n  E: y\n  F: true\n  G: False\n"
+        "  H: 0755\n  I: 0o17\n  J: 0x1F\n  K: 1.5\n  L: 2001-12-14\n  M: 1_000\n  N: 1:30\n",
+    )
+    assert mapped.environment == {
+        "A": "yes",
+        "B": "on",
+        "C": "off",
+        "D": "no",
+        "E": "y",
+        "F": "true",
+        "G": "false",
+        "H": "755",
+        "I": "15",
+        "J": "31",
+        "K": "1.5",
+        "L": "2001-12-14",
+        "M": "1_000",
+        "N": "1:30",
+    }
+
+
+def test_yaml_12_booleans_still_disable_a_healthcheck(tmp_path: Path) -> None:
+    assert one(tmp_path, "image: x\nhealthcheck: {disable: true}\n").health_disabled
+    assert one(tmp_path, "image: x\nhealthcheck: {disable: TRUE}\n").health_disabled
+
+
+def test_the_yaml_12_reader_leaves_pyyaml_alone(tmp_path: Path) -> None:
+    import yaml
+
+    one(tmp_path, "image: x\nrestart: no\n")
+    assert yaml.safe_load("a: no\nb: 1:30\n") == {"a": False, "b": 90}
+
+
+def test_a_bad_explicit_integer_is_a_yaml_error(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"not valid YAML \(line 3\): 'many' is not an integer"):
+        project(tmp_path, "services:\n  app:\n    healthcheck: {retries: !!int many}\n")

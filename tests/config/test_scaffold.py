@@ -62,6 +62,19 @@ services:
     assert config["db"].port == 5432  # type: ignore[attr-defined]
 
 
+def test_compose_ports_unquoted_and_restart_no_as_compose_reads_them(tmp_path: Path) -> None:
+    # YAML 1.1 would read `2222:22` as a base-60 int (no published port: not detected) and `no` as False.
+    (tmp_path / "docker-compose.yml").write_text(
+        "services:\n  git:\n    image: gitea\n    restart: no\n    ports:\n      - 2222:22\n"
+        "  mail:\n    image: mailhog\n    ports:\n      - 1025:25\n",
+        encoding="utf-8",
+    )
+    services = {s.name: s.port for s in detect_services(tmp_path)}
+    assert services == {"git": 2222, "mail": 1025}
+    config = loads(tmp_path)
+    assert config["git"].port == 2222  # type: ignore[attr-defined]
+
+
 def test_package_json_and_procfile_precedence(tmp_path: Path) -> None:
     (tmp_path / "package.json").write_text(
         json.dumps({"name": "@acme/Front_End", "scripts": {"dev": "vite"}})

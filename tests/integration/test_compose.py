@@ -7,6 +7,7 @@ container running.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -149,3 +150,60 @@ services:
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     wait_for(lambda: running_containers(podman) == [], timeout=10, what="no container running")
     assert not (tmp_path / "devmesh.toml").exists()
+
+
+@pytest.mark.timeout(240)
+def test_imported_services_run_under_devmesh_up_with_their_container_healthcheck(
+    podman: PodmanEngine, tmp_path: Path
+) -> None:
+    """`compose import --write`, then plain `devmesh up`: the written config names no path of this machine,
+    its in-container healthcheck runs through `devmesh compose exec`, and compose's `$$` reaches the
+    container's shell as `$` (the host's own BODY, set here, is not expanded into it)."""
+    if not PODMAN_COMPOSE.is_file():
+        pytest.skip("podman-compose is not installed in this venv (pip install podman-compose)")
+    from engines.podman import CONTAINER_HTTP_PORT, HTTPD_SCRIPT
+
+    web_port, listen = free_port(), free_port()
+    command = json.dumps(["/bin/sh", "-c", HTTPD_SCRIPT])
+    (tmp_path / "docker-compose.yml").write_text(
+        f"""\
+services:
+  web:
+    image: {podman.image}
+    command: {command}
+    environment: ["BODY=imported"]
+    network_mode: slirp4netns
+    ports:
+      - 127.0.0.1:{web_port}:{CONTAINER_HTTP_PORT}
+    healthcheck:
+      test: ["CMD-SHELL", "test \\"$${{BODY}}\\" = imported && wget -q -O /dev/null http://127.0.0.1:{CONTAINER_HTTP_PORT}/"]
+      interval: 1s
+      retries: 60
+    stop_grace_period: 3s
+""",
+        encoding="utf-8",
+    )
+    (tmp_path / "devmesh.toml").write_text(
+        f'[proxy]\nlisten = "127.0.0.1:{listen}"\nadmin = "127.0.0.1:0"\n\n[peers]\ndiscovery = "off"\n',
+        encoding="utf-8",
+    )
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `devmesh` on PATH
+    env = {**podman.env, "DEVMESH_COMPOSE": str(PODMAN_COMPOSE), "PATH": path, "BODY": "the host's"}
+
+    imported = devmesh("compose", "import", "--write", cwd=tmp_path, env=env)
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    written = (tmp_path / "devmesh.toml").read_text(encoding="utf-8")
+    assert str(PODMAN_COMPOSE) not in written and "devmesh compose exec" in written
+    assert "$${BODY}" in written
+
+    started = devmesh("up", "--detach", "--timeout", "90", cwd=tmp_path, env=env, timeout=120)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        listed = json.loads(devmesh("status", "--json", cwd=tmp_path, env=env).stdout)
+        assert {entry["name"]: entry["health"] for entry in listed["services"]} == {"web": "healthy"}
+        status, _, body = http(listen, "web.localhost")
+        assert (status, body.strip()) == (200, b"imported")
+    finally:
+        stopped = devmesh("down", cwd=tmp_path, env=env, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    wait_for(lambda: running_containers(podman) == [], timeout=10, what="no container running")

@@ -64,7 +64,11 @@ def _engine() -> ComposeEngine:
 
 
 def _config_path(ctx: click.Context, near: Path) -> Path | None:
-    """The devmesh config this command works with: -f / DEVMESH_CONFIG, else found walking up from `near`."""
+    """The devmesh config this command works with: -f / DEVMESH_CONFIG, else found walking up from `near`.
+
+    Raises:
+        ConfigError: -f or DEVMESH_CONFIG names no config.
+    """
     from devmesh.config import ConfigError, find_config
 
     explicit = ctx.obj.config_file if ctx.obj is not None else None
@@ -74,6 +78,16 @@ def _config_path(ctx: click.Context, near: Path) -> Path | None:
         if explicit is not None or os.environ.get("DEVMESH_CONFIG"):
             raise
         return None
+
+
+def _config_path_or_fail(ctx: click.Context, near: Path) -> Path | None:
+    """`_config_path`, or exit 2 with `devmesh: ...` when -f / DEVMESH_CONFIG names no config."""
+    from devmesh.config import ConfigError
+
+    try:
+        return _config_path(ctx, near)
+    except ConfigError as error:
+        _fail(str(error), EXIT_USAGE)
 
 
 @compose.command("import")
@@ -105,7 +119,7 @@ def import_services(ctx: click.Context, compose_file: Path | None, write: bool, 
 
     project = _project(compose_file)
     engine = _engine()
-    config_path = _config_path(ctx, project.path.parent)
+    config_path = _config_path_or_fail(ctx, project.path.parent)
     target = config_path if config_path is not None else project.path.parent / "devmesh.toml"
     file_argument = os.path.relpath(project.path, target.parent)
     tables = devmesh_services(project, engine, file_argument=file_argument, style="portable")
@@ -129,10 +143,10 @@ def import_services(ctx: click.Context, compose_file: Path | None, write: bool, 
         return
     try:
         result = merge_services(target, tables, comment=comment)
-    except WritebackError as error:
+    except WritebackError as error:  # a YAML config, one that does not parse or would not load: exit 2
         click.echo(f"devmesh: {error}", err=True)
         click.echo(services_toml(tables, comment=comment), nl=False)
-        raise SystemExit(EXIT_FAILURE) from None
+        raise SystemExit(EXIT_USAGE) from None
     report["added"], report["skipped"] = result.added, result.skipped
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -247,7 +261,7 @@ def down(ctx: click.Context, compose_file: Path | None) -> None:
     from devmesh.cli.main import down as devmesh_down
 
     project = _project(compose_file)
-    config_path = _config_path(ctx, project.path.parent)
+    config_path = _config_path_or_fail(ctx, project.path.parent)
     ctx.obj.config_file = config_path if config_path is not None else project.path
     ctx.invoke(devmesh_down)
 
@@ -280,3 +294,33 @@ def serve(compose_file: Path, stop_timeout: float, service: str) -> None:
     if not path.is_file():
         _fail(f"{path}: no such compose file", EXIT_USAGE)
     raise SystemExit(serve_service(_engine(), path, service, stop_timeout_s=stop_timeout))
+
+
+@compose.command("exec", context_settings={"ignore_unknown_options": True})
+@click.option(
+    "-f", "--file", "compose_file", type=click.Path(path_type=Path), required=True, help="The compose file."
+)
+@click.argument("service")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(compose_file: Path, service: str, command: tuple[str, ...]) -> None:
+    """Run a command in a compose service's container (`<compose> -f FILE exec -T SERVICE COMMAND...`),
+    with the compose implementation found here; exit with its code.
+
+    This is the health command `devmesh compose import` writes for a healthcheck that runs inside the
+    container: the config names no compose implementation, so it works on every machine it is shared to.
+
+    \b
+    Examples:
+      devmesh compose exec -f docker-compose.yml db -- pg_isready -U postgres
+    """
+    import subprocess
+
+    path = compose_file if compose_file.is_absolute() else Path.cwd() / compose_file
+    if not path.is_file():
+        _fail(f"{path}: no such compose file", EXIT_USAGE)
+    argv = _engine().command(path, "exec", "-T", service, *command)
+    try:
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, cwd=path.parent, check=False)
+    except OSError as error:
+        _fail(f"cannot run {argv[0]}: {error.strerror}")
+    raise SystemExit(result.returncode)

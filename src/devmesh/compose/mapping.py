@@ -13,6 +13,9 @@ becomes is in docs/compose.md; in short:
 - `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?error}`, `${VAR:+alt}`, `$VAR` and `$$` expand
   everywhere, from the environment first and from `.env` beside the compose file second, as compose does.
 
+The file is read as YAML 1.2, as compose reads it (PyYAML alone reads YAML 1.1): `no`, `yes`, `on` and
+`off` are strings, `2222:22` is a string rather than a base-60 number, and `0755` is the decimal 755.
+
 Not supported, and said so: `extends`, `include`, override files (docker-compose.override.yml), several
 `-f` files. Services under `profiles` are left out unless COMPOSE_PROFILES names one of their profiles.
 """
@@ -32,7 +35,7 @@ import yaml
 from devmesh.config.scaffold import COMPOSE_NAMES, service_name
 
 DEFAULT_STOP_TIMEOUT_S = 10.0  # compose's own default for `stop`
-STOP_GRACE_MARGIN_S = 5.0  # devmesh waits this much longer than `compose stop` may take
+DEFAULT_HEALTH_TIMEOUT_S = 30.0  # compose's own default for `healthcheck.timeout`
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)|\$\$")
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
@@ -42,6 +45,65 @@ _CURL_CLUSTER_RE = re.compile(r"^-[fsSLI]+$")
 _WGET_CLUSTER_RE = re.compile(r"^-[qS]+$")
 _UNSUPPORTED_TOP = ("include",)
 _UNSUPPORTED_SERVICE = ("extends",)
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with the YAML 1.2 core schema's scalars (what compose's YAML library reads):
+    booleans are only true / false (True, TRUE, ...), integers are decimal, 0o octal or 0x hex, and there
+    are no base-60 numbers, timestamps, yes / no / on / off or `=` values: those stay strings."""
+
+
+_YAML11_ONLY = {
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:timestamp",
+    "tag:yaml.org,2002:value",
+}
+# A fresh dict of fresh lists: add_implicit_resolver would otherwise append to SafeLoader's own lists.
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML11_ONLY]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"),
+)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+.0123456789"),
+)
+
+
+def _construct_yaml12_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    if not isinstance(node, yaml.ScalarNode):
+        raise yaml.constructor.ConstructorError(None, None, "expected an integer", node.start_mark)
+    text = str(loader.construct_scalar(node)).strip()
+    try:
+        if text.startswith("0o"):
+            return int(text[2:], 8)
+        if text.startswith("0x"):
+            return int(text[2:], 16)
+        return int(text, 10)  # "0755" is 755: YAML 1.2 has no leading-zero octal
+    except ValueError:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{text!r} is not an integer", node.start_mark
+        ) from None
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_yaml12_int)
+
+
+def load_yaml12(text: str) -> Any:
+    """A YAML document read as compose reads it (YAML 1.2 core schema)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 class ComposeError(ValueError):
@@ -120,7 +182,7 @@ def read_compose(path: Path, *, environ: Mapping[str, str] | None = None) -> Com
     except OSError as error:
         raise ComposeError(path, (), f"cannot read it: {error.strerror}") from None
     try:
-        document = yaml.safe_load(text)
+        document = load_yaml12(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         line = f" (line {mark.line + 1})" if mark is not None else ""

@@ -4,8 +4,8 @@
 only handles Ctrl-C, and a remote `podman start -a` does not pass the signal on), so a supervisor's stop
 would leave the container running. This wrapper runs `compose up --no-deps SERVICE` (devmesh orders the
 dependencies itself) and, on SIGTERM, SIGINT or SIGHUP, runs `compose stop SERVICE` and waits for `up` to
-end. The supervisor's stop_grace for these services is the stop timeout plus a margin, so the stop has
-the time it needs before any SIGKILL.
+end. The supervisor's stop_grace for these services (`stop_grace_s`) covers the longest that can take,
+so its SIGKILL (which reaches the whole group, `compose stop` included) never cuts a stop short.
 
 The stop uses the compose file as it was when the service started: when an edit removed the service
 (the agent reloads and stops it), the file on disk no longer knows it, and `compose stop` would stop
@@ -28,6 +28,16 @@ from devmesh.compose.engine import ComposeEngine
 POLL_INTERVAL_S = 0.1
 UP_EXIT_WAIT_S = 10.0  # after `compose stop`, for `up` to notice and end
 STOP_OVERHEAD_S = 20.0  # `compose stop` itself: the engine's round trips on top of the stop timeout
+# From a stop signal to serve's exit at worst, on top of the stop timeout: `compose stop` (its timeout
+# plus STOP_OVERHEAD_S), then `up` given UP_EXIT_WAIT_S to end and UP_EXIT_WAIT_S more after SIGTERM.
+STOP_WORST_CASE_EXTRA_S = STOP_OVERHEAD_S + 2 * UP_EXIT_WAIT_S
+STOP_GRACE_MARGIN_S = 5.0  # on top of that: Python's start-up, the kills and waits after a timeout
+
+
+def stop_grace_s(stop_timeout_s: float) -> float:
+    """The supervisor's stop_grace for a service `serve` runs with this stop timeout: longer than the
+    longest `serve` can take to stop its container and end."""
+    return max(0.0, stop_timeout_s) + STOP_WORST_CASE_EXTRA_S + STOP_GRACE_MARGIN_S
 
 
 def serve(engine: ComposeEngine, compose_file: Path, service: str, *, stop_timeout_s: float) -> int:
