@@ -123,9 +123,13 @@ class FakeAgent:
         self.config_error: str | None = None
         self.link: HubLink | None = None
         self.reloads = 0
+        self.dataplane_refusal: str | None = None  # what the data plane says of the next table
 
     def offers(self, name: str) -> bool:
         return False
+
+    async def settle_dataplane(self) -> str | None:
+        return self.dataplane_refusal
 
     async def reload(self, logs: LogSink) -> None:
         assert self.link is not None
@@ -165,6 +169,26 @@ async def test_a_valid_revision_is_applied_and_saved(tmp_path: Path, logs: LogSi
         "status"
     ] == "applied"
     assert agent.reloads == 1
+
+
+async def test_a_revision_the_data_plane_refuses_is_rejected_and_the_previous_one_reloaded(
+    tmp_path: Path, logs: LogSink
+) -> None:
+    link, agent = make_link(tmp_path, logs)
+    good = {"faults": {"teapot": {"service": "api", "abort": 418}}}
+    assert (await link._apply({"revision": revision_hash(good), "document": good}) or {})[
+        "status"
+    ] == "applied"
+    agent.dataplane_refusal = "nginx: [emerg] host not found in upstream"
+    bad = {"faults": {"coffee": {"service": "api", "abort": 503}}}
+    status = await link._apply({"revision": revision_hash(bad), "document": bad})
+    assert status is not None and status["status"] == "rejected"
+    assert status["details"] == "the data plane refused it: nginx: [emerg] host not found in upstream"
+    # Loaded with the bad revision, then back to the good one: the running config is the good one.
+    assert agent.reloads == 3 and "teapot" in agent.loaded.config.faults
+    assert "coffee" not in agent.loaded.config.faults
+    assert link.applied == SavedRevision(revision_hash(good), good)
+    assert read_saved_revision(StatePaths(tmp_path)) == SavedRevision(revision_hash(good), good)
 
 
 async def test_an_invalid_revision_is_rejected_and_nothing_changes(tmp_path: Path, logs: LogSink) -> None:
