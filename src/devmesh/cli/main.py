@@ -21,6 +21,7 @@ from devmesh.cli.compose import compose
 from devmesh.cli.docker import from_docker
 from devmesh.cli.export import export
 from devmesh.cli.graph import graph
+from devmesh.cli.hub import hub
 from devmesh.cli.k8s import k8s
 from devmesh.cli.names import install, uninstall
 from devmesh.cli.plugins import plugin
@@ -737,6 +738,7 @@ app.add_command(uninstall)
 app.add_command(export)
 app.add_command(vscode)
 app.add_command(plugin)
+app.add_command(hub)
 
 
 def run() -> None:

@@ -1,0 +1,381 @@
+"""Agents and revisions: enrollment, session state (online, last seen, catalog), the workspace's
+revisions and each agent's answer. Changes other sessions must hear about emit an event (database.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from devmesh.hub import limits, security
+from devmesh.hub.database import Database, emit
+from devmesh.hub.models import Agent, EnrollmentToken, Revision, RevisionStatus, Workspace
+from devmesh.hub.store import StoreError, audit, find_workspace
+
+DOCUMENT_KEYS = ("services", "faults", "scenarios")
+STATUSES = ("applied", "rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentIdentity:
+    agent_id: str
+    workspace_id: int
+    workspace: str
+
+
+def canonical_hash(document: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no spaces): the revision's name everywhere."""
+    encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def check_document(document: Any) -> dict[str, Any]:
+    """The hub checks only the shape; each agent validates the content against its own config."""
+    if not isinstance(document, dict):
+        raise StoreError(
+            "the revision document must be an object with [services], [faults] or [scenarios]", 422
+        )
+    unknown = sorted(set(document) - set(DOCUMENT_KEYS))
+    if unknown:
+        raise StoreError(
+            f"the revision document has unknown top-level key(s) {', '.join(unknown)}: "
+            f"only {', '.join(DOCUMENT_KEYS)} are allowed",
+            422,
+        )
+    for key, value in document.items():
+        if not isinstance(value, dict) or not all(isinstance(entry, dict) for entry in value.values()):
+            raise StoreError(f"[{key}] must be a table of tables ([{key}.NAME] entries)", 422)
+    if len(json.dumps(document)) > limits.DOCUMENT_MAX_BYTES:
+        raise StoreError(f"the revision document is larger than {limits.DOCUMENT_MAX_BYTES} bytes", 413)
+    return document
+
+
+def is_online(agent: Agent, now: float) -> bool:
+    return bool(
+        agent.online and agent.last_seen is not None and now - agent.last_seen < limits.OFFLINE_AFTER_S
+    )
+
+
+# -- enrollment and credentials -------------------------------------------------------------------
+
+
+def enroll(db: Database, token: str, name: str, hostname: str, version: str) -> dict[str, str]:
+    """Exchange a one-time token for an agent credential; StoreError(401) for a bad token."""
+    now = time.time()
+    credential = security.new_credential()
+    with db.transaction() as session:
+        row = session.scalar(
+            select(EnrollmentToken)
+            .where(EnrollmentToken.token_hash == security.digest(token))
+            .with_for_update()
+        )
+        if row is None:
+            raise StoreError("unknown enrollment token", 401)
+        if row.revoked:
+            raise StoreError("this enrollment token was revoked; ask for a new one (devmesh hub enroll)", 401)
+        if row.used_at is not None:
+            raise StoreError(
+                "this enrollment token was already used; ask for a new one (devmesh hub enroll)", 401
+            )
+        if row.expires <= now:
+            raise StoreError("this enrollment token expired; ask for a new one (devmesh hub enroll)", 401)
+        # Mark it used only if nobody did in between (two enrolments racing on two replicas).
+        claimed = session.execute(
+            update(EnrollmentToken)
+            .where(EnrollmentToken.id == row.id, EnrollmentToken.used_at.is_(None))
+            .values(used_at=now)
+        )
+        if getattr(claimed, "rowcount", 1) != 1:
+            raise StoreError(
+                "this enrollment token was already used; ask for a new one (devmesh hub enroll)", 401
+            )
+        agent_id = uuid.uuid4().hex
+        row.used_by = agent_id
+        session.add(
+            Agent(
+                id=agent_id,
+                workspace_id=row.workspace_id,
+                name=name[:128] or "agent",
+                hostname=hostname[:255],
+                version=version[:64],
+                credential_hash=security.digest(credential),
+                created=now,
+                online=False,
+                revoked=False,
+            )
+        )
+        workspace = session.get(Workspace, row.workspace_id)
+        assert workspace is not None
+        audit(
+            session,
+            f"agent:{agent_id}",
+            "agent.enroll",
+            name,
+            workspace_id=row.workspace_id,
+            details={"hostname": hostname, "version": version, "token": row.id},
+        )
+        return {"agent_id": agent_id, "credential": credential, "workspace": workspace.name}
+
+
+def identify(db: Database, credential: str) -> AgentIdentity | None:
+    with db.sessions() as session:
+        agent = session.scalar(select(Agent).where(Agent.credential_hash == security.digest(credential)))
+        if agent is None or agent.revoked:
+            return None
+        workspace = session.get(Workspace, agent.workspace_id)
+        assert workspace is not None
+        return AgentIdentity(agent.id, agent.workspace_id, workspace.name)
+
+
+def revoke_agent(db: Database, workspace: str, agent_id: str, *, actor: str) -> None:
+    with db.transaction() as session:
+        ws = find_workspace(session, workspace)
+        agent = session.get(Agent, agent_id)
+        if agent is None or agent.workspace_id != ws.id:
+            raise StoreError(f"no agent {agent_id!r} in workspace {workspace!r}", 404)
+        agent.revoked = True
+        agent.online = False
+        agent.session = None
+        audit(session, actor, "agent.revoke", agent.name, workspace_id=ws.id, details={"agent_id": agent_id})
+        emit(session, "peers", ws.id)
+        emit(session, "revoke", ws.id)
+
+
+def is_revoked(db: Database, agent_id: str) -> bool:
+    with db.sessions() as session:
+        agent = session.get(Agent, agent_id)
+        return agent is None or agent.revoked
+
+
+# -- session state ----------------------------------------------------------------------------------
+
+
+def hello(
+    db: Database,
+    agent_id: str,
+    session_id: str,
+    *,
+    name: str,
+    version: str,
+    revision: str | None,
+    catalog: Any,
+) -> None:
+    with db.transaction() as session:
+        agent = _agent(session, agent_id)
+        agent.name = name[:128] or agent.name
+        agent.version = version[:64]
+        agent.revision = revision
+        agent.catalog = catalog if isinstance(catalog, dict) else None
+        agent.online = True
+        agent.session = session_id
+        agent.last_seen = time.time()
+        emit(session, "peers", agent.workspace_id)
+
+
+def heartbeat(db: Database, agent_id: str, session_id: str, revision: str | None) -> bool:
+    """Update last_seen; False when another session took the agent over (this one should close)."""
+    with db.transaction() as session:
+        agent = _agent(session, agent_id)
+        if agent.session != session_id:
+            return False
+        stale = not is_online(agent, time.time())
+        agent.last_seen = time.time()
+        agent.online = True
+        if revision is not None:
+            agent.revision = revision
+        if stale:
+            emit(session, "peers", agent.workspace_id)
+        return True
+
+
+def set_catalog(db: Database, agent_id: str, catalog: Any) -> None:
+    with db.transaction() as session:
+        agent = _agent(session, agent_id)
+        agent.catalog = catalog if isinstance(catalog, dict) else None
+        agent.last_seen = time.time()
+        emit(session, "peers", agent.workspace_id)
+
+
+def closed(db: Database, agent_id: str, session_id: str) -> None:
+    """The session ended: offline, unless a newer session holds the agent already."""
+    with db.transaction() as session:
+        agent = session.get(Agent, agent_id)
+        if agent is not None and agent.session == session_id:
+            agent.online = False
+            agent.session = None
+            emit(session, "peers", agent.workspace_id)
+
+
+def reset_sessions(db: Database) -> None:
+    """At the start of the only hub (SQLite): no session survives a restart."""
+    with db.transaction() as session:
+        session.execute(update(Agent).values(online=False, session=None))
+
+
+def peers(db: Database, workspace_id: int, *, exclude: str) -> list[dict[str, Any]]:
+    """The workspace's other online agents and their catalogs, as the `peers` message lists them."""
+    now = time.time()
+    with db.sessions() as session:
+        rows = session.scalars(
+            select(Agent).where(Agent.workspace_id == workspace_id, Agent.online.is_(True)).order_by(Agent.id)
+        ).all()
+        found = []
+        for agent in rows:
+            if agent.id == exclude or agent.revoked or not is_online(agent, now):
+                continue
+            catalog = agent.catalog or {"services": [], "mesh": None}
+            mesh = catalog.get("mesh") if isinstance(catalog.get("mesh"), str) else None
+            found.append({"agent_id": agent.id, "name": agent.name, "mesh": mesh, "catalog": catalog})
+        return found
+
+
+def list_agents(db: Database, workspace: str) -> list[dict[str, Any]]:
+    now = time.time()
+    with db.sessions() as session:
+        ws = find_workspace(session, workspace)
+        rows = session.scalars(select(Agent).where(Agent.workspace_id == ws.id).order_by(Agent.name)).all()
+        return [
+            {
+                "agent_id": a.id,
+                "name": a.name,
+                "hostname": a.hostname,
+                "version": a.version,
+                "online": is_online(a, now) and not a.revoked,
+                "last_seen": a.last_seen,
+                "revision": a.revision,
+                "revoked": a.revoked,
+                "catalog": a.catalog,
+            }
+            for a in rows
+        ]
+
+
+# -- revisions --------------------------------------------------------------------------------------
+
+
+def apply_revision(db: Database, workspace: str, document: Any, *, actor: str) -> dict[str, Any]:
+    """Make `document` the workspace's current revision (unchanged if it already is)."""
+    check_document(document)
+    digest = canonical_hash(document)
+    with db.transaction() as session:
+        ws = find_workspace(session, workspace)
+        current = _current(session, ws.id)
+        if current is not None and current.hash == digest:
+            return {"revision": digest, "created": False, "workspace": workspace}
+        row = Revision(workspace_id=ws.id, hash=digest, document=document, author=actor, created=time.time())
+        session.add(row)
+        audit(
+            session, actor, "revision.apply", digest, workspace_id=ws.id, details={"keys": sorted(document)}
+        )
+        emit(session, "revision", ws.id)
+        return {"revision": digest, "created": True, "workspace": workspace}
+
+
+def current_revision(db: Database, workspace_id: int) -> tuple[str, dict[str, Any]] | None:
+    with db.sessions() as session:
+        row = _current(session, workspace_id)
+        return None if row is None else (row.hash, row.document)
+
+
+def mark_pending(db: Database, agent_id: str, workspace_id: int, revision: str) -> None:
+    with db.transaction() as session:
+        row = session.scalar(
+            select(RevisionStatus).where(
+                RevisionStatus.agent_id == agent_id, RevisionStatus.revision_hash == revision
+            )
+        )
+        if row is None:
+            session.add(
+                RevisionStatus(
+                    workspace_id=workspace_id,
+                    agent_id=agent_id,
+                    revision_hash=revision,
+                    status="pending",
+                    details=None,
+                    time=time.time(),
+                )
+            )
+
+
+def record_status(db: Database, agent_id: str, revision: str, status: str, details: str | None) -> None:
+    if status not in STATUSES:
+        raise StoreError(f"revision_status status {status!r} is not one of {', '.join(STATUSES)}", 422)
+    with db.transaction() as session:
+        agent = _agent(session, agent_id)
+        row = session.scalar(
+            select(RevisionStatus).where(
+                RevisionStatus.agent_id == agent_id, RevisionStatus.revision_hash == revision
+            )
+        )
+        if row is None:
+            row = RevisionStatus(workspace_id=agent.workspace_id, agent_id=agent_id, revision_hash=revision)
+            session.add(row)
+        row.status = status
+        row.details = details
+        row.time = time.time()
+        if status == "applied":
+            agent.revision = revision
+        audit(
+            session,
+            f"agent:{agent_id}",
+            f"revision.{status}",
+            revision,
+            workspace_id=agent.workspace_id,
+            details={"agent": agent.name, "details": details} if details else {"agent": agent.name},
+        )
+
+
+def list_revisions(db: Database, workspace: str, limit: int = 50) -> list[dict[str, Any]]:
+    with db.sessions() as session:
+        ws = find_workspace(session, workspace)
+        rows = session.scalars(
+            select(Revision).where(Revision.workspace_id == ws.id).order_by(Revision.id.desc()).limit(limit)
+        ).all()
+        names = {a.id: a.name for a in session.scalars(select(Agent).where(Agent.workspace_id == ws.id))}
+        statuses: dict[str, list[dict[str, Any]]] = {}
+        for status in session.scalars(
+            select(RevisionStatus)
+            .where(
+                RevisionStatus.workspace_id == ws.id, RevisionStatus.revision_hash.in_({r.hash for r in rows})
+            )
+            .order_by(RevisionStatus.agent_id)
+        ):
+            statuses.setdefault(status.revision_hash, []).append(
+                {
+                    "agent_id": status.agent_id,
+                    "name": names.get(status.agent_id, "?"),
+                    "status": status.status,
+                    "details": status.details,
+                    "time": status.time,
+                }
+            )
+        return [
+            {
+                "revision": r.hash,
+                "current": index == 0,
+                "author": r.author,
+                "created": r.created,
+                "document": r.document,
+                "agents": statuses.get(r.hash, []),
+            }
+            for index, r in enumerate(rows)
+        ]
+
+
+def _current(session: Session, workspace_id: int) -> Revision | None:
+    return session.scalar(
+        select(Revision).where(Revision.workspace_id == workspace_id).order_by(Revision.id.desc()).limit(1)
+    )
+
+
+def _agent(session: Session, agent_id: str) -> Agent:
+    agent = session.get(Agent, agent_id)
+    if agent is None:
+        raise StoreError(f"no agent {agent_id!r}", 404)
+    return agent
