@@ -8,13 +8,15 @@ documents a test changes say so and why.
 from __future__ import annotations
 
 import copy
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devmesh.discovery.docker import ContainerService, image_tag, scan_containers
+from devmesh.discovery.docker import ContainerService, DockerSource, image_tag, scan_containers
+from devmesh.supervisor.logs import LogSink
 
 RECORDED = json.loads((Path(__file__).parent / "podman_containers.json").read_text(encoding="utf-8"))
 LISTED: list[dict[str, Any]] = RECORDED["list"]
@@ -101,6 +103,31 @@ def test_two_containers_wanting_one_name_are_told_apart_the_same_way_in_any_orde
     names = {service.container: service.name for service in forward.services}
     # Both are compose service "api": the first by container name keeps it, the other takes its own.
     assert (names["other-api-1"], names["shop-api-1"]) == ("api", "shop-api-1")
+
+
+def test_the_container_that_has_a_name_keeps_it_when_another_starts() -> None:
+    # shop-api-1 runs alone: it is "api".
+    alone = [entry for entry in LISTED if entry["Names"] != ["/other-api-1"]]
+    assert {s.container: s.name for s in scan_containers(alone).services}["shop-api-1"] == "api"
+    # other-api-1 starts; by container name it would come first, but shop-api-1 had the name.
+    names = {s.container: s.name for s in scan_containers(LISTED, previous={"api": "shop-api-1"}).services}
+    assert (names["shop-api-1"], names["other-api-1"]) == ("api", "other-api-1")
+    # Once the owner is gone, the name goes to the next one, by the usual rule.
+    rest = [entry for entry in LISTED if entry["Names"] != ["/shop-api-1"]]
+    names = {s.container: s.name for s in scan_containers(rest, previous={"api": "shop-api-1"}).services}
+    assert names["other-api-1"] == "api"
+
+
+def test_the_source_remembers_who_had_each_name_from_one_scan_to_the_next(tmp_path: Path) -> None:
+    logs = LogSink(tmp_path / "logs", terminal=io.StringIO())
+    source = DockerSource(logs=logs)
+    alone = [entry for entry in LISTED if entry["Names"] != ["/other-api-1"]]
+    first = {service.name: service.detail for service in source.scan(alone)}
+    assert first["api"].startswith("container shop-api-1 ")
+    second = {service.name: service.detail for service in source.scan(LISTED)}
+    assert second["api"].startswith("container shop-api-1 ")  # not stolen by other-api-1
+    assert second["other-api-1"].startswith("container other-api-1 ")
+    logs.close()
 
 
 def test_a_name_that_cannot_be_told_apart_is_skipped_with_a_hint() -> None:

@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 
 from devmesh.discovery.kubernetes import (
+    ClusterService,
     ServicePort,
+    assign_mesh_names,
     choose_backend,
+    not_ready_reason,
     service_from_api,
     skip_reason,
     valid_mesh_name,
@@ -129,3 +132,63 @@ def test_a_terminating_pod_is_not_chosen() -> None:
     # Changed: deleted, still Running and Ready while it shuts down.
     pod["metadata"]["deletionTimestamp"] = "2026-11-28T08:00:00Z"
     assert choose_backend(port_of("web", "web"), None, [pod]) is None
+
+
+def service_of(name: str) -> ClusterService:
+    service = service_from_api(item("services", name))
+    assert service is not None
+    return service
+
+
+def test_a_port_is_ready_while_a_connection_would_find_a_pod() -> None:
+    web, db, legacy = service_of("web"), service_of("db"), service_of("legacy")
+    # Ready addresses in the Endpoints; or, without Endpoints, a Running and Ready pod of the selector
+    # (among all the namespace's pods: only those the selector matches count).
+    assert not_ready_reason(web, web.ports[0], item("endpoints", "web"), []) is None
+    assert not_ready_reason(web, web.ports[1], None, PODS) is None
+    # db-0 is Pending: no pod would be found, and the reason says behind what.
+    assert not_ready_reason(db, db.ports[0], None, PODS) == "no ready pod behind shop/db (pods app=db)"
+    # web's pods do not make db ready, even if they serve its port: the selector decides.
+    renamed = [copy.deepcopy(pod) for pod in PODS if pod["metadata"]["name"] == "web-a"]
+    renamed[0]["spec"]["containers"][0]["ports"].append({"containerPort": 5432})
+    assert not_ready_reason(db, db.ports[0], None, renamed) is not None
+    # No selector, and Endpoints that name no pod: nothing to forward to.
+    assert not_ready_reason(legacy, legacy.ports[0], item("endpoints", "legacy"), PODS) == (
+        "no ready pod behind shop/legacy (Endpoints (no selector))"
+    )
+
+
+def test_two_ports_wanting_one_mesh_name_are_not_both_kept() -> None:
+    web = service_of("web")  # its port "metrics" is the mesh service web-metrics
+    # Changed: a Service named web-metrics, wanting the same name for its first port.
+    other = copy.deepcopy(item("services", "db"))
+    other["metadata"]["name"] = "web-metrics"
+    web_metrics = service_from_api(other)
+    assert web_metrics is not None
+
+    wanted, skipped = assign_mesh_names([web, web_metrics])
+    # The Service named so wins over a name made from another Service's port name, in any order.
+    assert wanted == assign_mesh_names([web_metrics, web])[0]
+    assert {key: port.mesh_name for key, (_service, port) in wanted.items()} == {
+        ("web", 80): "web",
+        ("web-metrics", 5432): "web-metrics",
+    }
+    assert [(service.name, port.port) for service, port, _reason in skipped] == [("web", 9090)]
+    assert "'web-metrics' is already the mesh name of shop/web-metrics port 5432" in skipped[0][2]
+
+    # The port that has the name keeps it: a Service created later takes nobody's traffic.
+    wanted, skipped = assign_mesh_names([web, web_metrics], owners={"web-metrics": ("web", 9090)})
+    assert ("web", 9090) in wanted and ("web-metrics", 5432) not in wanted
+    assert [(service.name, port.port) for service, port, _reason in skipped] == [("web-metrics", 5432)]
+
+
+def test_invalid_mesh_names_are_left_out_with_the_reason() -> None:
+    long = copy.deepcopy(item("services", "web"))
+    long["metadata"]["name"] = "w" * 60  # its second port's name is over 63 characters
+    service = service_from_api(long)
+    assert service is not None
+    wanted, skipped = assign_mesh_names([service])
+    assert list(wanted) == [("w" * 60, 80)]
+    assert [(port.port, reason) for _service, port, reason in skipped] == [
+        (9090, f"{'w' * 60 + '-metrics'!r} is not a valid devmesh name")
+    ]

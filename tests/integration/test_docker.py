@@ -124,6 +124,14 @@ def test_write_to_a_yaml_config_prints_the_toml_to_add(podman: PodmanEngine, pro
     assert "YAML" in result.stderr
     assert "[services.api]" in result.stdout and f"port = {api.port}" in result.stdout
     assert config.read_text(encoding="utf-8") == "mesh:\n  name: shop\n"
+    # --json: the document first (it is what a script reads), then the failure, exit 2 all the same.
+    result = devmesh("from-docker", "--write", "--json", cwd=project.root, env=podman.env)
+    assert result.returncode == 2
+    document = json.loads(result.stdout)
+    assert [service["name"] for service in document["services"]] == ["api"]
+    assert document["write"]["added"] == [] and "YAML" in document["write"]["error"]
+    assert "YAML" in result.stderr
+    assert config.read_text(encoding="utf-8") == "mesh:\n  name: shop\n"
 
 
 # -- the source the agent runs -----------------------------------------------------------------------

@@ -131,6 +131,11 @@ async def test_the_source_follows_services_as_they_come_change_and_go(
     assert found["web"].version == "1.4.2"
     assert found["web"].detail == f"Service {namespace}/web port 80"
     assert found["web"].port != found["web-metrics"].port
+    # No pod at all: not ready, saying why (devmesh never connects to the listener to find out).
+    assert (found["web"].ready, found["web"].ready_detail) == (
+        False,
+        f"no ready pod behind {namespace}/web (pods app=web)",
+    )
     web_port = found["web"].port
     with socket.create_connection(("127.0.0.1", web_port), timeout=5):
         pass  # listening on loopback
@@ -399,6 +404,45 @@ async def test_a_request_through_the_port_forward_reaches_the_pod(
         assert answer.endswith(f"pod says: GET /parallel/{index} HTTP/1.1".encode()), answer
 
 
+async def test_readiness_follows_the_pods_without_opening_a_port_forward(
+    core: Any, namespace: str, kube_cluster: KubeCluster, logs: LogSink, fake_node: tuple[str, FakeKubelet]
+) -> None:
+    node, kubelet = fake_node
+    source = KubernetesSource(
+        context=kube_cluster.context,
+        namespace=namespace,
+        kubeconfig=str(kube_cluster.kubeconfig),
+        logs=logs,
+        ready_poll_s=0.2,
+    )
+    core.create_namespaced_service(
+        namespace,
+        service("web", [{"name": "http", "port": 80, "targetPort": "http"}]),
+        _preload_content=False,
+    ).release_conn()
+    reports = Reports()
+    task = asyncio.create_task(source.run(reports))
+    try:
+        found = await reports.until(lambda latest: "web" in latest, "web")
+        assert (found["web"].ready, found["web"].ready_detail) == (
+            False,
+            f"no ready pod behind {namespace}/web (pods app=web)",
+        )
+        # A pod of the selector becomes Running and Ready: reported within a poll, the port unchanged.
+        running_pod(core, namespace, "web-0", node, {"app": "web"})
+        ready = await reports.until(lambda latest: latest["web"].ready is True, "web ready")
+        assert (ready["web"].port, ready["web"].ready_detail) == (found["web"].port, "")
+        # It goes: not ready again.
+        core.delete_namespaced_pod(
+            "web-0", namespace, grace_period_seconds=0, _preload_content=False
+        ).release_conn()
+        await reports.until(lambda latest: latest["web"].ready is False, "web not ready again")
+        assert kubelet.requests == []  # readiness never opened a port-forward
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_without_a_ready_pod_a_connection_is_closed_and_logged(
     core: Any, namespace: str, running: tuple[KubernetesSource, Reports], logs: LogSink, tmp_path: Path
 ) -> None:
@@ -459,14 +503,18 @@ def test_k8s_sync_lists_the_services_and_records_the_discovery_key_keeping_comme
     text = path.read_text()
     assert text.startswith(CONFIG.rstrip("\n").removesuffix("docker = false  # no containers here"))
     assert "docker = false  # no containers here" in text
-    assert f'kubernetes = {{context = "{kube_cluster.context}", namespace = "{namespace}"}}' in text.replace(
-        "{ ", "{"
-    ).replace(" }", "}")
+    # $KUBECONFIG is not ~/.kube/config: recorded too, so the agent reads the same file.
+    recorded = (
+        f'kubernetes = {{context = "{kube_cluster.context}", namespace = "{namespace}", '
+        f'kubeconfig = "{kube_cluster.kubeconfig}"}}'
+    )
+    assert recorded in text.replace("{ ", "{").replace(" }", "}")
     from devmesh.config import load_config
 
     loaded = load_config(path).config.discovery.kubernetes
     assert loaded is not None
     assert (loaded.context, loaded.namespace) == (kube_cluster.context, namespace)
+    assert loaded.kubeconfig_path(project.root) == str(kube_cluster.kubeconfig)
 
     again = devmesh(
         "k8s",
@@ -505,6 +553,31 @@ def test_k8s_sync_no_write_leaves_the_config_alone(
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["services"] == []
     assert path.read_text() == CONFIG
+
+
+def test_k8s_sync_shows_the_services_before_failing_to_write_a_yaml_config(
+    project: Project, core: Any, namespace: str, kube_cluster: KubeCluster
+) -> None:
+    core.create_namespaced_service(
+        namespace, service("web", [{"name": "http", "port": 80}]), _preload_content=False
+    ).release_conn()
+    path = project.write('mesh:\n  name: "shop"\n', name="devmesh.yaml")
+    env = {"KUBECONFIG": str(kube_cluster.kubeconfig)}
+    listed = devmesh(
+        "k8s", "sync", "--context", kube_cluster.context, "-n", namespace, cwd=project.root, env=env
+    )
+    assert listed.returncode == 2, listed.stderr
+    assert listed.stdout.splitlines()[1].split()[:2] == ["web", namespace]  # the listing came first
+    assert "add this to the config by hand" in listed.stderr
+    assert f'kubernetes = {{ context = "{kube_cluster.context}", namespace = "{namespace}"' in listed.stderr
+    as_json = devmesh(
+        "k8s", "sync", "--context", kube_cluster.context, "-n", namespace, "--json", cwd=project.root, env=env
+    )
+    assert as_json.returncode == 2, as_json.stderr
+    document = json.loads(as_json.stdout)
+    assert [entry["name"] for entry in document["services"]] == ["web"]
+    assert document["config_changed"] is False and "yaml" in document["config_error"].lower()
+    assert path.read_text() == 'mesh:\n  name: "shop"\n'
 
 
 def test_k8s_sync_fails_clearly_for_an_unknown_context_and_an_unreachable_cluster(
@@ -547,14 +620,19 @@ async def test_the_agent_follows_the_synced_namespace_and_proxies_to_the_pod(
         ),
         _preload_content=False,
     ).release_conn()
+    core.create_namespaced_service(
+        namespace, service("lonely", [{"name": "http", "port": 80}]), _preload_content=False
+    ).release_conn()
     listen = free_port()
     project.write(f'[mesh]\nname = "k8s"\n[proxy]\nadmin = "127.0.0.1:0"\nlisten = "127.0.0.1:{listen}"\n')
     env = {"KUBECONFIG": str(kube_cluster.kubeconfig)}
+    # The agent's own $KUBECONFIG names no file: it finds the context by the kubeconfig `sync` recorded.
+    agent_env = {"KUBECONFIG": str(project.root / "no-such-kubeconfig")}
 
     def service_entry(agent: Any, name: str) -> dict[str, Any] | None:
         return next((entry for entry in agent.status()["services"] if entry["name"] == name), None)
 
-    with running_agent(project, env=env) as agent:
+    with running_agent(project, env=agent_env) as agent:
         synced = await asyncio.to_thread(
             devmesh,
             "k8s",
@@ -572,6 +650,17 @@ async def test_the_agent_follows_the_synced_namespace_and_proxies_to_the_pod(
             wait_for, lambda: service_entry(agent, "web"), timeout=20, what="web in the agent's status"
         )
         assert (entry["origin"], entry["version"]) == ("kubernetes", "3.1.0")
+        # Healthy because a ready pod backs it; a Service with none is not, saying why.
+        await asyncio.to_thread(agent.wait_healthy, "web", timeout=20)
+        lonely = await asyncio.to_thread(
+            wait_for,
+            lambda: (found := service_entry(agent, "lonely")) and found["health"] == "unhealthy" and found,
+            timeout=20,
+            what="lonely unhealthy",
+        )
+        assert lonely["detail"] == f"no ready pod behind {namespace}/lonely (pods app=lonely)", lonely
+        await asyncio.sleep(2.5)  # a port check would connect every second, each time a port-forward
+        assert fake_node[1].requests == []
         code, _, body = await asyncio.to_thread(http, listen, "web.localhost", "/via-the-mesh")
         assert (code, body) == (200, b"pod says: GET /via-the-mesh HTTP/1.1"), (body, agent.log())
 

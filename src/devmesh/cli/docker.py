@@ -68,6 +68,9 @@ def from_docker(ctx: click.Context, write: bool, as_json: bool) -> None:
         document["write"] = _write(ctx, scan, quiet=as_json)
     if as_json:
         click.echo(json.dumps(document, indent=2))
+        write_error = document.get("write", {}).get("error")
+        if write_error is not None:  # the services are shown; the failed write-back is a config problem
+            _fail(str(write_error), EXIT_USAGE)
         return
     if not write:
         _print_scan(scan)
@@ -110,7 +113,9 @@ def _comment(service: ContainerService) -> str:
 
 
 def _write(ctx: click.Context, scan: DockerScan, *, quiet: bool) -> dict[str, Any]:
-    """Merge the services into the project's config; what was added and skipped."""
+    """Merge the services into the project's config; what was added and skipped. When the config cannot
+    be written: with `quiet` (--json) the error is in what is returned, else it is printed with the TOML
+    to add by hand and the command exits 2."""
     from devmesh.config import ConfigError, find_config
     from devmesh.config.writeback import WritebackError, merge_services, services_toml
 
@@ -132,6 +137,8 @@ def _write(ctx: click.Context, scan: DockerScan, *, quiet: bool) -> dict[str, An
             added.extend(result.added)
             skipped.update(result.skipped)
     except WritebackError as error:
+        if quiet:  # --json: the document says it, then the command fails (exit 2)
+            return {"config": str(path), "added": added, "not_added": skipped, "error": str(error)}
         click.echo(f"devmesh: {error}", err=True)
         pending = [service for service in scan.services if service.name not in added]
         for service in pending:

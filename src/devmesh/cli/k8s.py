@@ -35,7 +35,8 @@ Examples:
     "--write/--no-write",
     default=True,
     show_default=True,
-    help="Record the context and namespace as [discovery] kubernetes in devmesh.toml.",
+    help="Record the context and namespace (and a kubeconfig other than ~/.kube/config) as [discovery] "
+    "kubernetes in devmesh.toml.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the Services as JSON.")
 @click.pass_context
@@ -46,7 +47,7 @@ def sync(ctx: click.Context, context: str | None, namespace: str | None, write: 
     others `<service>-<port name>`), served on a loopback port that forwards each connection to a ready
     pod through the API server, like `kubectl port-forward`. A running agent picks the change up at once
     and adds or removes services as they come and go in the cluster. The kubeconfig is $KUBECONFIG, else
-    ~/.kube/config.
+    ~/.kube/config; one other than ~/.kube/config is recorded too, so the agent reads the same one.
     """
     from devmesh.cli.main import _fail
 
@@ -70,9 +71,13 @@ def sync(ctx: click.Context, context: str | None, namespace: str | None, write: 
     finally:
         cluster.close()
 
+    settings: dict[str, str | None] = {"context": cluster.context, "namespace": cluster.namespace}
     changed = False
+    write_error: str | None = None
     if config_path is not None:
-        changed = _record(config_path, cluster.context, cluster.namespace)
+        settings["kubeconfig"] = _recorded_kubeconfig(cluster.kubeconfig, config_path.parent)
+        write_error, changed = _record(config_path, settings)
+    # What was found is shown whatever became of the config; a failed write-back is reported after it.
     if as_json:
         import json
 
@@ -85,16 +90,51 @@ def sync(ctx: click.Context, context: str | None, namespace: str | None, write: 
             "skipped": skipped,
             "config": str(config_path) if config_path is not None else None,
             "config_changed": changed,
+            "config_error": write_error,
         }
         click.echo(json.dumps(document, indent=2))
     else:
         _print(rows, skipped, cluster.namespace)
-    if config_path is not None:
-        setting = (
-            f'[discovery] kubernetes = {{ context = "{cluster.context}", namespace = "{cluster.namespace}" }}'
-        )
-        state = "recorded" if changed else "already in"
-        click.echo(f"{state} {config_path}: {setting}; a running agent follows it now", err=True)
+    if config_path is None:
+        return
+    setting = f"[discovery] kubernetes = {_inline(settings)}"
+    if write_error is not None:
+        click.echo(f"devmesh: {write_error}", err=True)
+        click.echo("add this to the config by hand:", err=True)
+        click.echo(f"[discovery]\nkubernetes = {_inline(settings)}", err=True)
+        raise SystemExit(EXIT_USAGE)
+    state = "recorded" if changed else "already in"
+    click.echo(f"{state} {config_path}: {setting}; a running agent follows it now", err=True)
+
+
+def _recorded_kubeconfig(kubeconfig: str, project_dir: Path) -> str | None:
+    """What `[discovery] kubernetes.kubeconfig` records for the kubeconfig the command read: None for
+    the default (~/.kube/config), which the agent reads anyway; else each path absolute, or relative to
+    the project when inside it (the config then works wherever the project is checked out)."""
+    import os
+
+    from devmesh.discovery.kubernetes import DEFAULT_KUBECONFIG
+
+    entries = [os.path.abspath(os.path.expanduser(entry)) for entry in kubeconfig.split(os.pathsep) if entry]
+    if entries == [os.path.abspath(os.path.expanduser(DEFAULT_KUBECONFIG))]:
+        return None
+    root = project_dir.resolve()
+    recorded: list[str] = []
+    for entry in entries:
+        path = Path(entry)
+        recorded.append(str(path.relative_to(root)) if path.is_relative_to(root) else entry)
+    return os.pathsep.join(recorded)
+
+
+def _inline(settings: dict[str, str | None]) -> str:
+    """The settings as the TOML inline table they are recorded as."""
+    import json
+
+    return (
+        "{ "
+        + ", ".join(f"{key} = {json.dumps(value)}" for key, value in settings.items() if value is not None)
+        + " }"
+    )
 
 
 def _config_path(ctx: click.Context) -> Path:
@@ -110,27 +150,31 @@ def _config_path(ctx: click.Context) -> Path:
 
 def _inventory(cluster: Any) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """What the agent would forward (one row per port) and the Services it would skip."""
-    from devmesh.discovery.kubernetes import service_from_api, skip_reason, valid_mesh_name
+    from devmesh.discovery.kubernetes import assign_mesh_names, service_from_api, skip_reason
 
     items, _ = cluster.list_services()
     endpoints = cluster.list_endpoints()
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
+    services = []
     for item in sorted(items, key=lambda entry: entry["metadata"]["name"]):
-        name = item["metadata"]["name"]
         service = service_from_api(item)
         if service is None:
-            skipped.append({"service": name, "reason": skip_reason(item)})
-            continue
-        ready = _ready_pods(endpoints.get(name))
+            skipped.append({"service": item["metadata"]["name"], "reason": skip_reason(item)})
+        else:
+            services.append(service)
+    wanted, left_out = assign_mesh_names(services)
+    for service, port, reason in left_out:
+        skipped.append({"service": service.name, "reason": f"port {port.port}: {reason}"})
+    for service in services:
+        ready = _ready_pods(endpoints.get(service.name))
         for port in service.ports:
-            if not valid_mesh_name(port.mesh_name):
-                skipped.append({"service": name, "reason": f"{port.mesh_name!r} is not a valid devmesh name"})
+            if (service.name, port.port) not in wanted:
                 continue
             rows.append(
                 {
                     "name": port.mesh_name,
-                    "service": name,
+                    "service": service.name,
                     "namespace": service.namespace,
                     "port": port.port,
                     "target_port": port.target,
@@ -139,6 +183,7 @@ def _inventory(cluster: Any) -> tuple[list[dict[str, Any]], list[dict[str, str]]
                     "version": service.version,
                 }
             )
+    skipped.sort(key=lambda entry: entry["service"])
     return rows, skipped
 
 
@@ -180,15 +225,12 @@ def _print(rows: list[dict[str, Any]], skipped: list[dict[str, str]], namespace:
         click.echo(f"skipped {entry['service']}: {entry['reason']}", err=True)
 
 
-def _record(path: Path, context: str, namespace: str) -> bool:
+def _record(path: Path, settings: dict[str, str | None]) -> tuple[str | None, bool]:
+    """Write `settings` to [discovery] kubernetes (a None removes its key): (the error, or None; whether
+    the file changed)."""
     from devmesh.config.writeback import WritebackError, set_table
 
     try:
-        return set_table(path, ("discovery", "kubernetes"), {"context": context, "namespace": namespace})
+        return None, set_table(path, ("discovery", "kubernetes"), settings)
     except WritebackError as error:
-        click.echo(f"devmesh: {error}", err=True)
-        click.echo("add this to the config by hand:", err=True)
-        click.echo(
-            f'[discovery]\nkubernetes = {{ context = "{context}", namespace = "{namespace}" }}', err=True
-        )
-        raise SystemExit(EXIT_USAGE) from None
+        return str(error), False

@@ -6,7 +6,9 @@ already, so that a typo in them is caught on the first `devmesh up` and not when
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import (
@@ -228,6 +230,16 @@ class PeersSection(Section):
 class KubernetesSection(Section):
     context: str | None = None
     namespace: str = "default"
+    # The kubeconfig the context is in, when not the default ($KUBECONFIG, else ~/.kube/config): a path
+    # relative to the project (or absolute, or ~/...), or several joined like $KUBECONFIG's.
+    kubeconfig: Annotated[str, Field(min_length=1)] | None = None
+
+    def kubeconfig_path(self, project_dir: Path) -> str | None:
+        """`kubeconfig` with each of its paths resolved against `project_dir`; None when not set."""
+        if self.kubeconfig is None:
+            return None
+        paths = [Path(entry).expanduser() for entry in self.kubeconfig.split(os.pathsep) if entry]
+        return os.pathsep.join(str(project_dir / path) for path in paths)
 
 
 class DiscoverySection(Section):

@@ -20,6 +20,19 @@ class DiscoveredService:
     version: str | None = None
     health: HealthSection | None = None  # None: healthy while the port accepts connections
     detail: str = ""  # where it comes from, for logs and `devmesh status` ("container shop-api-1")
+    # Whether it can serve, when the source knows better than a probe of `port` can (a Kubernetes
+    # Service's port-forward listener accepts even with no pod behind it): None, devmesh checks `health`
+    # (or the port); True/False, the service is healthy exactly while the source says so, never probed.
+    ready: bool | None = None
+    ready_detail: str = ""  # why it is not ready (ready False): "no ready pod behind shop/api"
+
+    def same_registration(self, other: DiscoveredService | None) -> bool:
+        """Whether `other` is this service registered the same way: only its readiness may differ (a
+        change of readiness alone is reported to the running registration, not a new one)."""
+        return other is not None and (
+            (self.name, self.port, self.version, self.health, self.detail, self.ready is None)
+            == (other.name, other.port, other.version, other.health, other.detail, other.ready is None)
+        )
 
 
 Report = Callable[[Sequence[DiscoveredService]], None]

@@ -103,11 +103,15 @@ class _Published:
     host_ip: str
 
 
-def scan_containers(containers: Iterable[Mapping[str, Any]]) -> DockerScan:
+def scan_containers(
+    containers: Iterable[Mapping[str, Any]], previous: Mapping[str, str] | None = None
+) -> DockerScan:
     """Map containers (list or inspect documents) to services; deterministic whatever the input order.
 
-    Only running containers count. Two containers wanting one name: the first by container name keeps
-    it, the next is named after its container; if that is taken too it is skipped, saying why.
+    Only running containers count. Two containers wanting one name: the one that had it (`previous`:
+    service name -> container, as the last scan named them) keeps it, so a container started later
+    never takes a name, and its traffic, from one that runs; else the first by container name. The next
+    is named after its container; if that is taken too it is skipped, saying why.
     """
     candidates: list[ContainerService] = []
     skipped: list[SkippedContainer] = []
@@ -120,7 +124,15 @@ def scan_containers(containers: Iterable[Mapping[str, Any]]) -> DockerScan:
             candidates.append(mapped)
     services: list[ContainerService] = []
     taken: set[str] = set()
-    for candidate in sorted(candidates, key=lambda service: (service.name, service.container)):
+    previous = previous or {}
+    for candidate in sorted(
+        candidates,
+        key=lambda service: (
+            service.name,
+            previous.get(service.name) != service.container,
+            service.container,
+        ),
+    ):
         if candidate.name not in taken:
             taken.add(candidate.name)
             services.append(candidate)
@@ -368,6 +380,7 @@ class DockerSource:
         self._lock = threading.Lock()
         self._client: docker.DockerClient | None = None
         self._events: Any = None  # the open events stream, closed to wake the thread
+        self._owners: dict[str, str] = {}  # service name -> the container that has it (it keeps it)
 
     def describe(self) -> str:
         return f"Docker at {endpoint(self._base_url)}"
@@ -399,6 +412,12 @@ class DockerSource:
             self._interrupt()
             thread.join(THREAD_STOP_TIMEOUT_S)
 
+    def scan(self, containers: Iterable[Mapping[str, Any]]) -> list[DiscoveredService]:
+        """The services of `containers`, each name kept by the container that had it at the last scan."""
+        scan = scan_containers(containers, self._owners)
+        self._owners = {service.name: service.container for service in scan.services}
+        return scan.discovered()
+
     def _interrupt(self) -> None:
         """Wake the thread from a blocking read: close the events stream and the client."""
         with self._lock:
@@ -421,7 +440,7 @@ class DockerSource:
                     self._events = events
                 if self._stop.is_set():
                     break
-                publish(scan_containers(list_running(client)).discovered())
+                publish(self.scan(list_running(client)))
                 if outage_logged:
                     self._logs.agent(
                         f"Docker at {endpoint(self._base_url)} answers again",
@@ -436,7 +455,7 @@ class DockerSource:
                         break
                     action = str(event.get("Action") or event.get("status") or "")
                     if action in RELIST_ACTIONS:
-                        publish(scan_containers(list_running(client)).discovered())
+                        publish(self.scan(list_running(client)))
                 problem = "its events stream ended"  # the engine stopped (or we are stopping)
             except EngineUnavailable as error:
                 problem = str(error)

@@ -11,7 +11,13 @@ Mapping (pure functions, unit-tested on JSON recorded from a real API server):
   UDP and SCTP ports (a port-forward carries TCP only). Headless Services are kept: their pods are real.
 - the Service's first TCP port is the mesh service `<service>`; each further port is `<service>-<port
   name or number>`; names that are not valid devmesh names are skipped with a warning.
+- two ports wanting one mesh name (Service `web`'s port `metrics` and a Service `web-metrics`): the one
+  that had it keeps it, else the Service's own name wins; the other is skipped, saying why.
 - version: the Service's label `app.kubernetes.io/version`.
+- readiness: a port is ready while a connection to it would find a pod (below). It is computed from the
+  namespace's Endpoints (and its pods when needed) after each change of the Services and every
+  `READY_POLL_S`, and reported with the services: devmesh never probes the listener (it accepts with no
+  pod behind it, and each probe would open a port-forward).
 - per connection, the pod: a ready address of the Service's Endpoints that names a Pod (round robin),
   with the Endpoints' resolved port; without such an address, a Running, Ready pod matching the
   selector, its port resolved by name from the container ports.
@@ -31,7 +37,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -47,8 +53,10 @@ __all__ = [
     "ClusterService",
     "KubernetesSource",
     "ServicePort",
+    "assign_mesh_names",
     "choose_backend",
     "kubeconfig_location",
+    "not_ready_reason",
     "service_from_api",
     "short_error",
     "skip_reason",
@@ -63,6 +71,7 @@ TUNNEL_RELEASE_WAIT_S = 5.0  # the client's thread sends a websocket close and w
 THREADS = 8  # the watch, listing, and port-forwards being opened (each takes a thread for a moment)
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
+READY_POLL_S = 3.0  # how often the readiness of the Services' ports is checked (two API calls at most)
 DEFAULT_KUBECONFIG = "~/.kube/config"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # as devmesh.config.schema
 _HTTP_GONE = 410
@@ -135,6 +144,72 @@ def skip_reason(item: Mapping[str, Any]) -> str:
 
 def valid_mesh_name(name: str) -> bool:
     return bool(_NAME_RE.match(name))
+
+
+PortKey = tuple[str, int]  # (Service name, port number): one port-forward listener
+
+
+def assign_mesh_names(
+    services: Iterable[ClusterService], owners: Mapping[str, PortKey] | None = None
+) -> tuple[dict[PortKey, tuple[ClusterService, ServicePort]], list[tuple[ClusterService, ServicePort, str]]]:
+    """Which Service port becomes each mesh name, and the ports left out with the reason.
+
+    A name that is not a valid devmesh name is left out. Of two ports wanting one name (`web`'s port
+    `metrics` and a Service `web-metrics`), the one that had it (`owners`: mesh name -> port, as last
+    assigned) keeps it; else a Service's own name (its first port) wins over a name made from another
+    Service's port name; else the first by Service name.
+    """
+    owners = owners or {}
+    candidates: list[tuple[ClusterService, ServicePort]] = []
+    skipped: list[tuple[ClusterService, ServicePort, str]] = []
+    for service in services:
+        for port in service.ports:
+            if valid_mesh_name(port.mesh_name):
+                candidates.append((service, port))
+            else:
+                skipped.append((service, port, f"{port.mesh_name!r} is not a valid devmesh name"))
+
+    def rank(candidate: tuple[ClusterService, ServicePort]) -> tuple[bool, bool, str, int]:
+        service, port = candidate
+        had_it = owners.get(port.mesh_name) == (service.name, port.port)
+        return (not had_it, port.mesh_name != service.name, service.name, port.port)
+
+    wanted: dict[PortKey, tuple[ClusterService, ServicePort]] = {}
+    holders: dict[str, tuple[ClusterService, ServicePort]] = {}
+    for service, port in sorted(candidates, key=rank):
+        holder = holders.get(port.mesh_name)
+        if holder is not None:
+            skipped.append(
+                (
+                    service,
+                    port,
+                    f"{port.mesh_name!r} is already the mesh name of {holder[0].namespace}/{holder[0].name} "
+                    f"port {holder[1].port}; rename one of the ports",
+                )
+            )
+            continue
+        holders[port.mesh_name] = (service, port)
+        wanted[(service.name, port.port)] = (service, port)
+    return wanted, skipped
+
+
+def not_ready_reason(
+    service: ClusterService,
+    port: ServicePort,
+    endpoints: Mapping[str, Any] | None,
+    pods: Sequence[Mapping[str, Any]],
+) -> str | None:
+    """Why a connection to `port` would find no pod now (None: it would find one, as `choose_backend`
+    picks it). `pods` may be all the namespace's: those the selector matches count."""
+    matching = [pod for pod in pods if _selected(pod, service.selector)]
+    if choose_backend(port, endpoints, matching) is not None:
+        return None
+    return f"no ready pod behind {service.namespace}/{service.name} ({service.describe_target()})"
+
+
+def _selected(pod: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
 
 
 def choose_backend(
@@ -280,6 +355,11 @@ class ClusterClient:
                 return None
             raise
 
+    def list_pods(self) -> list[dict[str, Any]]:
+        """All the namespace's pods (JSON)."""
+        document = self._json(self._core.list_namespaced_pod, self.namespace)
+        return list(document.get("items") or [])
+
     def pods(self, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         if not selector:
             return []
@@ -411,6 +491,7 @@ class KubernetesSource:
         logs: LogSink,
         watch_timeout_s: float = WATCH_TIMEOUT_S,
         backoff_max_s: float = BACKOFF_MAX_S,
+        ready_poll_s: float = READY_POLL_S,
     ) -> None:
         self.context = context
         self.namespace = namespace
@@ -418,12 +499,17 @@ class KubernetesSource:
         self._logs = logs
         self._watch_timeout_s = watch_timeout_s
         self._backoff_max_s = backoff_max_s
+        self._ready_poll_s = ready_poll_s
         self._items: dict[str, Mapping[str, Any]] = {}  # the Services as the API last described them
         self._services: dict[str, ClusterService] = {}
-        self._listeners: dict[tuple[str, int], PortForwardListener] = {}
-        self._last_ports: dict[tuple[str, int], int] = {}  # asked for again after an outage
+        self._wanted: dict[PortKey, tuple[ClusterService, ServicePort]] = {}  # the ports with a mesh name
+        self._owners: dict[str, PortKey] = {}  # mesh name -> the port that has it (it keeps it)
+        self._not_ready: dict[PortKey, str | None] = {}  # why each port is not ready (None: it is)
+        self._listeners: dict[PortKey, PortForwardListener] = {}
+        self._last_ports: dict[PortKey, int] = {}  # asked for again after an outage
         self._reported: list[DiscoveredService] | None = None
-        self._invalid_names_logged: set[str] = set()
+        self._skips_logged: set[tuple[str, int, str]] = set()
+        self._readiness_failing = False
         self._failures = 0  # in a row, for the backoff
         self._turns = itertools.count()
         self._executor: ThreadPoolExecutor | None = None
@@ -470,22 +556,31 @@ class KubernetesSource:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _follow(self, cluster: ClusterClient, report: Report) -> None:
-        """List, then watch, until cancelled or the cluster fails; after a 410 list again."""
-        while True:
-            items, version = await self._in_thread(cluster.list_services)
-            self._failures = 0
-            await self._apply({item["metadata"]["name"]: item for item in items}, cluster, report)
-            self._logs.agent(
-                f"kubernetes: following {len(self._services)} Service(s) of {cluster.where()}, "
-                f"namespace {self.namespace}",
-                component="kubernetes",
-                event="k8s-listed",
-                services=sorted(self._services),
-            )
-            try:
-                await self._watch(cluster, version, report)
-            except _WatchExpired:
-                continue
+        """List, then watch, until cancelled or the cluster fails; after a 410 list again. Meanwhile the
+        readiness of the ports is checked every `ready_poll_s`."""
+        poll = asyncio.get_running_loop().create_task(
+            self._poll_readiness(cluster, report), name="devmesh-kubernetes-readiness"
+        )
+        try:
+            while True:
+                items, version = await self._in_thread(cluster.list_services)
+                self._failures = 0
+                await self._apply({item["metadata"]["name"]: item for item in items}, cluster, report)
+                self._logs.agent(
+                    f"kubernetes: following {len(self._services)} Service(s) of {cluster.where()}, "
+                    f"namespace {self.namespace}",
+                    component="kubernetes",
+                    event="k8s-listed",
+                    services=sorted(self._services),
+                )
+                try:
+                    await self._watch(cluster, version, report)
+                except _WatchExpired:
+                    continue
+        finally:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
 
     async def _watch(self, cluster: ClusterClient, version: str, report: Report) -> None:
         while True:
@@ -525,20 +620,16 @@ class KubernetesSource:
             service = service_from_api(item)
             if service is not None:
                 services[name] = service
-        wanted: dict[tuple[str, int], tuple[ClusterService, ServicePort]] = {}
-        for service in services.values():
-            for port in service.ports:
-                if valid_mesh_name(port.mesh_name):
-                    wanted[(service.name, port.port)] = (service, port)
-                elif port.mesh_name not in self._invalid_names_logged:
-                    self._invalid_names_logged.add(port.mesh_name)
-                    self._logs.agent(
-                        f"kubernetes: {service.namespace}/{service.name} port {port.port}: "
-                        f"{port.mesh_name!r} is not a valid devmesh name; skipped",
-                        component="kubernetes",
-                        level="warning",
-                        event="k8s-invalid-name",
-                    )
+        wanted, skipped = assign_mesh_names(services.values(), self._owners)
+        for service, port, reason in skipped:
+            if (service.name, port.port, reason) not in self._skips_logged:
+                self._skips_logged.add((service.name, port.port, reason))
+                self._logs.agent(
+                    f"kubernetes: {service.namespace}/{service.name} port {port.port}: {reason}; skipped",
+                    component="kubernetes",
+                    level="warning",
+                    event="k8s-skipped-port",
+                )
         for key in [key for key in self._listeners if key not in wanted]:
             await self._listeners.pop(key).close()
         if cluster is not None:
@@ -554,16 +645,70 @@ class KubernetesSource:
                     self._last_ports[key] = await listener.start(self._last_ports.get(key))
                     self._listeners[key] = listener
         self._services = services
-        found = [
-            DiscoveredService(
-                name=port.mesh_name,
-                port=self._listeners[key].port,
-                version=service.version,
-                detail=f"Service {service.namespace}/{service.name} port {port.port}",
+        self._wanted = wanted
+        self._owners = {port.mesh_name: key for key, (_service, port) in wanted.items()}
+        if cluster is not None and wanted:
+            await self._check_readiness(cluster)
+        self._report(report)
+
+    async def _poll_readiness(self, cluster: ClusterClient, report: Report) -> None:
+        while True:
+            await asyncio.sleep(self._ready_poll_s)
+            if self._wanted:
+                await self._check_readiness(cluster)
+                self._report(report)
+
+    async def _check_readiness(self, cluster: ClusterClient) -> None:
+        """Whether a connection to each port would find a pod now: the namespace's Endpoints, and its pods
+        when a Service with a selector has no ready address. Never raises for the cluster: a port whose
+        readiness cannot be told keeps what was last known (or is not ready, saying why)."""
+        try:
+            endpoints = await self._in_thread(cluster.list_endpoints)
+            pods: list[dict[str, Any]] = []
+            if any(
+                service.selector and choose_backend(port, endpoints.get(service.name), []) is None
+                for service, port in self._wanted.values()
+            ):
+                pods = await self._in_thread(cluster.list_pods)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the watch finds out about an outage; readiness just waits
+            if not self._readiness_failing:
+                self._logs.agent(
+                    f"kubernetes: cannot tell which pods are ready: {short_error(error)}",
+                    component="kubernetes",
+                    level="warning",
+                    event="k8s-readiness-failed",
+                )
+            self._readiness_failing = True
+            reason = f"cannot tell whether a pod is ready: {short_error(error)}"
+            for key in self._wanted:
+                self._not_ready.setdefault(key, reason)
+            return
+        self._readiness_failing = False
+        # The ports as they are now: the Services may have changed while the cluster answered.
+        self._not_ready = {
+            key: not_ready_reason(service, port, endpoints.get(service.name), pods)
+            for key, (service, port) in self._wanted.items()
+        }
+
+    def _report(self, report: Report) -> None:
+        found: list[DiscoveredService] = []
+        for key, (service, port) in sorted(self._wanted.items()):
+            listener = self._listeners.get(key)
+            if listener is None:
+                continue
+            reason = self._not_ready.get(key, "readiness not checked yet")
+            found.append(
+                DiscoveredService(
+                    name=port.mesh_name,
+                    port=listener.port,
+                    version=service.version,
+                    detail=f"Service {service.namespace}/{service.name} port {port.port}",
+                    ready=reason is None,
+                    ready_detail=reason or "",
+                )
             )
-            for key, (service, port) in sorted(wanted.items())
-            if key in self._listeners
-        ]
         if found != self._reported:
             self._reported = found
             report(found)

@@ -15,7 +15,7 @@ from devmesh.mesh.snapshot import EXTERNAL_ORIGINS, Health, Origin, RunState, Se
 from devmesh.supervisor.elsewhere import Source, decide, served_elsewhere
 from devmesh.supervisor.logs import LogSink
 from devmesh.supervisor.ports import PortAllocator
-from devmesh.supervisor.runner import ServiceRunner
+from devmesh.supervisor.runner import ReportedRunner, ServiceRunner
 from devmesh.supervisor.watch import start_watch
 
 
@@ -145,6 +145,11 @@ class Supervisor:
 
     # -- queries -------------------------------------------------------------------------------------
 
+    @property
+    def project_dir(self) -> Path:
+        """The project's directory: what relative paths of the config are relative to."""
+        return self._project_dir
+
     def views(self, domain: str) -> dict[str, ServiceView]:
         return {name: runner.view(domain) for name, runner in self.runners.items()}
 
@@ -252,30 +257,52 @@ class Supervisor:
         version: str | None,
         health: HealthSection | None,
         origin: Origin = Origin.REGISTERED,
+        ready: bool | None = None,
+        ready_detail: str | None = None,
     ) -> None:
         """A service devmesh does not start: registered through the admin API, or found by discovery
-        (a Docker container, a Kubernetes Service behind a port-forward)."""
+        (a Docker container, a Kubernetes Service behind a port-forward).
+
+        `ready` None: it is checked by `health` (its port when None). True/False: its source knows whether
+        it can serve and says so (`report_health`); it is never probed, `health` is not used.
+        """
         existing = self.runners.get(name)
         if existing is not None and existing.origin not in EXTERNAL_ORIGINS:
             raise SupervisorError(f"{name} is a service of the config; pick another name", status=409)
-        spec = ServiceSection(port=port, version=version, health=health)
+        spec = ServiceSection(port=port, version=version, health=health if ready is None else None)
         if existing is not None:
-            if existing.spec == spec and existing.origin == origin:
+            reported = isinstance(existing, ReportedRunner)
+            if existing.spec == spec and existing.origin == origin and reported == (ready is not None):
+                if isinstance(existing, ReportedRunner) and ready is not None:
+                    existing.report(ready, ready_detail)
                 return
             raise SupervisorError(
                 f"{name} is already registered on port {existing.port} ({existing.origin})", status=409
             )
-        runner = self._make_runner(name, spec, origin=origin)
+        runner = self._make_runner(
+            name, spec, origin=origin, reported=None if ready is None else (ready, ready_detail)
+        )
         self.runners[name] = runner
         runner.start()
         self._on_change()
+
+    def report_health(self, name: str, ready: bool, detail: str | None, origin: Origin) -> None:
+        """What the source of a service registered with `ready` says now (only a change is published)."""
+        runner = self.runners.get(name)
+        if not isinstance(runner, ReportedRunner) or runner.origin != origin:
+            raise SupervisorError(
+                f"{name} is not a {origin} service whose source reports its health", status=404
+            )
+        runner.report(ready, detail)
 
     async def unregister(self, name: str, origin: Origin = Origin.REGISTERED) -> None:
         runner = self.runners.get(name)
         if runner is None or runner.origin != origin:
             raise SupervisorError(f"{name} is not a {origin} service", status=404)
         await runner.stop()
-        del self.runners[name]
+        if self.runners.get(name) is runner:
+            del self.runners[name]
+            self._release_port(runner.port)
         self._on_change()
 
     # -- hot reload ----------------------------------------------------------------------------------
@@ -293,21 +320,24 @@ class Supervisor:
         await self.down(summary.removed + summary.changed)
         was_active = {name for name in summary.changed if self._wanted(name)}
         for name in summary.removed:
-            runner = self.runners.pop(name)
-            if runner.port is not None:
-                self._ports.release(runner.port)
+            self._release_port(self.runners.pop(name).port)
         for name in summary.changed:
             previous = self.runners[name]
             keep_port = previous.port if previous.spec.port is None and new[name].port is None else None
-            if previous.port is not None and keep_port is None:
-                self._ports.release(previous.port)
+            if keep_port is None:
+                self._release_port(previous.port, leaving=previous)
             self.runners[name] = self._make_runner(name, new[name], port=keep_port)
         for name in summary.added:
-            registered = self.runners.pop(name, None)
-            if registered is not None:
+            # Replaced only once stopped: until then the name stays taken (a discovery source that
+            # registers it meanwhile is refused, instead of leaving a runner nobody holds).
+            replaced: ServiceRunner | None = None
+            while (registered := self.runners.get(name)) is not None and registered is not replaced:
                 self._logs.agent(f"{name} is now in the config; its registration is replaced")
                 await registered.stop()
+                replaced = registered
             self.runners[name] = self._make_runner(name, new[name])
+            if replaced is not None:
+                self._release_port(replaced.port)
         to_start = [name for name in summary.added if self._selected is None] + sorted(was_active)
         if to_start:
             self._start_all(to_start)
@@ -344,6 +374,14 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _release_port(self, port: int | None, *, leaving: ServiceRunner | None = None) -> None:
+        """Give `port` back to the allocator, unless a service other than `leaving` still has it (a
+        registration may name the port of a service of the config)."""
+        if port is not None and all(
+            runner.port != port for runner in self.runners.values() if runner is not leaving
+        ):
+            self._ports.release(port)
+
     def _runner(self, name: str) -> ServiceRunner:
         runner = self.runners.get(name)
         if runner is None:
@@ -352,7 +390,13 @@ class Supervisor:
         return runner
 
     def _make_runner(
-        self, name: str, spec: ServiceSection, *, port: int | None = None, origin: Origin = Origin.LOCAL
+        self,
+        name: str,
+        spec: ServiceSection,
+        *,
+        port: int | None = None,
+        origin: Origin = Origin.LOCAL,
+        reported: tuple[bool, str | None] | None = None,
     ) -> ServiceRunner:
         if spec.port is not None:
             port = spec.port
@@ -370,6 +414,21 @@ class Supervisor:
                 on_change=self._on_change,
                 base_env=self._base_env,
                 origin=Origin.REMOTE if spec.remote is not None else Origin.PEER,
+            )
+        if reported is not None:
+            ready, detail = reported
+            return ReportedRunner(
+                name,
+                spec,
+                ready=ready,
+                detail=detail,
+                port=port,
+                project_dir=self._project_dir,
+                owner=self._owner,
+                logs=self._logs,
+                on_change=self._on_change,
+                base_env=self._base_env,
+                origin=origin,
             )
         return ServiceRunner(
             name,

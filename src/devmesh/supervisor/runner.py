@@ -450,3 +450,52 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
     if task is not None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             task.result()
+
+
+class ReportedRunner(ServiceRunner):
+    """A service whose health its discovery source reports (a Kubernetes Service: whether a ready pod
+    backs it), because a probe of its port would say nothing (a port-forward listener accepts with no pod
+    behind it) and cost much (each probe would open a port-forward).
+
+    Never probed: running and healthy while the source says it is ready, stopped and unhealthy with the
+    source's reason while it says not (`report`), as a service checked by its port is while the port
+    refuses.
+    """
+
+    def __init__(
+        self, name: str, spec: ServiceSection, *, ready: bool, detail: str | None, **kwargs: Any
+    ) -> None:
+        super().__init__(name, spec, **kwargs)
+        self._ready = ready
+        self._ready_detail = detail
+        self._following = False
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def report(self, ready: bool, detail: str | None) -> None:
+        """What the source says now; only a change is published."""
+        if (ready, detail) == (self._ready, self._ready_detail):
+            return
+        self._ready, self._ready_detail = ready, detail
+        self._apply()
+
+    async def _watch_external(self) -> None:
+        self._following = True
+        try:
+            self._apply()
+            await self._stop_event.wait()
+        finally:
+            self._following = False
+        self._set_state(RunState.STOPPED)
+
+    def _apply(self) -> None:
+        if not self._following:
+            return
+        if self._ready:
+            self._on_health(True, None)
+            return
+        reason = self._ready_detail or "its source says it is not ready"
+        if (self.health, self.detail) != (Health.UNHEALTHY, reason):
+            self._on_health(False, reason)
