@@ -210,32 +210,35 @@ def test_the_dnsmasq_snippet_answers_wildcard_names(tmp_path: Path, project: Pro
     port = free_port()
     dnsmasq = shutil.which("dnsmasq", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
     assert dnsmasq is not None
-    # Only our snippet: no upstream servers, no /etc/hosts, loopback and a free port only.
-    options = [
-        "--no-resolv",
-        "--no-hosts",
-        f"--port={port}",
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-    ]
-    server = subprocess.Popen(
-        [dnsmasq, "--keep-in-foreground", "--pid-file=", f"--conf-file={snippet}", *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        answer: tuple[int, list[str]] | None = None
-        deadline = time.monotonic() + 10
-        while answer is None and time.monotonic() < deadline:
-            try:
-                answer = dns_query(port, "acme.tenant.shop.test")
-            except (TimeoutError, ConnectionRefusedError):
-                assert server.poll() is None, server.stdout.read() if server.stdout else ""
-        assert answer == (0, ["127.0.0.1"])
-        assert dns_query(port, "shop.test") == (0, ["127.0.0.1"])
-        assert "127.0.0.1" not in dns_query(port, "example.org")[1]
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        if server.stdout:
-            server.stdout.close()
+    # What Ubuntu has on port 53: systemd-resolved's stub on 127.0.0.53 (UDP and TCP). A dnsmasq that
+    # binds the wildcard address fails beside it; the snippet's listen-address and bind-interfaces make
+    # it bind 127.0.0.1 alone. Only the snippet: no upstream servers, no /etc/hosts, a free port.
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stub_udp,
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as stub_tcp,
+    ):
+        stub_udp.bind(("127.0.0.53", port))
+        stub_tcp.bind(("127.0.0.53", port))
+        stub_tcp.listen()
+        options = ["--no-resolv", "--no-hosts", f"--port={port}"]
+        server = subprocess.Popen(
+            [dnsmasq, "--keep-in-foreground", "--pid-file=", f"--conf-file={snippet}", *options],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            answer: tuple[int, list[str]] | None = None
+            deadline = time.monotonic() + 10
+            while answer is None and time.monotonic() < deadline:
+                try:
+                    answer = dns_query(port, "acme.tenant.shop.test")
+                except (TimeoutError, ConnectionRefusedError):
+                    assert server.poll() is None, server.stdout.read() if server.stdout else ""
+            assert answer == (0, ["127.0.0.1"])
+            assert dns_query(port, "shop.test") == (0, ["127.0.0.1"])
+            assert "127.0.0.1" not in dns_query(port, "example.org")[1]
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+            if server.stdout:
+                server.stdout.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -26,17 +27,67 @@ def dirs(tmp_path: Path) -> dict[str, str]:
     return {name: str(path) for name, path in folders.items()}
 
 
-def test_linux_gets_a_dnsmasq_snippet_and_a_routing_only_resolved_drop_in(dirs: dict[str, str]) -> None:
+def test_linux_with_resolved_gets_the_snippet_and_per_link_steps_but_no_global_dns(
+    dirs: dict[str, str],
+) -> None:
     plan = resolver_plan(TENANTS, platform="linux", env=dirs)
 
     assert plan.missing == ""
-    dnsmasq, resolved = plan.files
+    (dnsmasq,) = plan.files  # nothing for systemd-resolved: a global DNS= would take every lookup
     assert dnsmasq.path == Path(dirs["DEVMESH_DNSMASQ_DIR"]) / "devmesh-shop.conf"
-    assert dnsmasq.text.splitlines()[0] == owner_line("shop")
-    assert "address=/shop.test/127.0.0.1" in dnsmasq.text.splitlines()
-    assert resolved.path == Path(dirs["DEVMESH_RESOLVED_DIR"]) / "devmesh-shop.conf"
-    assert resolved.text.splitlines()[2:] == ["[Resolve]", "DNS=127.0.0.1", "Domains=~shop.test"]
-    assert "systemctl restart systemd-resolved" in resolved.then
+    lines = dnsmasq.text.splitlines()
+    assert lines[0] == owner_line("shop")
+    assert "address=/shop.test/127.0.0.1" in lines
+    # Bound to loopback alone: beside resolved's stub on 127.0.0.53:53 a wildcard bind fails.
+    assert "listen-address=127.0.0.1" in lines and "bind-interfaces" in lines
+    steps = "\n".join(plan.manual)
+    assert "sudo ip link add devmesh0 type dummy" in steps
+    assert "sudo resolvectl dns devmesh0 127.0.0.1" in steps
+    assert "sudo resolvectl domain devmesh0 '~shop.test' " in steps
+    assert "sudo resolvectl default-route devmesh0 false" in steps
+    assert "  DNSDefaultRoute=no" in plan.manual  # the networkd variant, kept across reboots
+    (domain_line,) = [line for line in plan.manual if "resolvectl domain" in line]
+    # Quoted: a shell would expand an unquoted ~shop.test as the home folder of a user "shop.test".
+    assert shlex.split(domain_line.split("(")[0]) == [
+        "sudo",
+        "resolvectl",
+        "domain",
+        "devmesh0",
+        "~shop.test",
+    ]
+    assert "DNS=127.0.0.1\n" not in dnsmasq.text
+
+
+def test_the_link_steps_list_every_devmesh_domain(tmp_path: Path, dirs: dict[str, str]) -> None:
+    # `resolvectl domain` replaces the link's list: the command must name the other meshes' domains too.
+    blog = names_for("blog", "blog.test", {"posts": ["*.posts"]})
+    apply(plan_install(blog, hosts_path=tmp_path / "hosts", platform="linux", env=dirs))
+
+    plan = plan_install(TENANTS, hosts_path=tmp_path / "hosts", platform="linux", env=dirs)
+
+    assert "sudo resolvectl domain devmesh0 '~blog.test' '~shop.test' " in "\n".join(plan.manual)
+    apply(plan)
+    undo = plan_uninstall("shop", hosts_path=tmp_path / "hosts", platform="linux", env=dirs)
+    assert "sudo resolvectl domain devmesh0 '~blog.test'" in "\n".join(undo.manual)
+    apply(undo)
+    last = plan_uninstall("blog", hosts_path=tmp_path / "hosts", platform="linux", env=dirs)
+    assert "sudo ip link delete devmesh0" in "\n".join(last.manual)
+    assert [change.then for change in last.pending[1:]] == ["sudo systemctl restart dnsmasq"]
+
+
+def test_a_global_resolved_drop_in_an_older_devmesh_wrote_is_deleted(
+    tmp_path: Path, dirs: dict[str, str]
+) -> None:
+    old = Path(dirs["DEVMESH_RESOLVED_DIR"]) / "devmesh-shop.conf"
+    old.write_text(f"{owner_line('shop')}\n[Resolve]\nDNS=127.0.0.1\nDomains=~shop.test\n")
+
+    plan = plan_install(TENANTS, hosts_path=tmp_path / "hosts", platform="linux", env=dirs)
+
+    (deletion,) = [change for change in plan.pending if change.path == old]
+    assert deletion.verb == "delete"
+    assert deletion.then == "sudo systemctl restart systemd-resolved"
+    apply(plan)
+    assert not old.exists()
 
 
 def test_macos_gets_an_etc_resolver_file_for_the_domain(dirs: dict[str, str]) -> None:
@@ -91,6 +142,31 @@ def test_the_hosts_method_with_wildcards_says_they_stay_unresolved(
 ) -> None:
     plan = plan_install(TENANTS, method="hosts", hosts_path=tmp_path / "hosts", platform="linux", env=dirs)
     assert "*.tenant.shop.test: a hosts file cannot hold wildcards" in plan.unresolved
+
+
+def test_the_dns_method_without_dnsmasq_is_refused_before_any_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(resolver._DNSMASQ_DIRS, "linux", [str(tmp_path / "no-dnsmasq.d")])
+    hosts = tmp_path / "hosts"
+    apply(plan_install(TENANTS, method="hosts", hosts_path=hosts, platform="linux", env={}))
+    installed = hosts.read_bytes()
+
+    with pytest.raises(NamesError, match=r"--method dns cannot be used here: wildcard names need dnsmasq"):
+        plan_install(TENANTS, method="dns", hosts_path=hosts, platform="linux", env={})
+    with pytest.raises(NamesError, match="--method dns cannot be used here: Windows"):
+        plan_install(TENANTS, method="dns", hosts_path=hosts, platform="win32", env={})
+    assert hosts.read_bytes() == installed  # the working block stays
+
+
+def test_a_per_domain_file_another_mesh_wrote_names_that_mesh(tmp_path: Path, dirs: dict[str, str]) -> None:
+    other = names_for("other", "shop.test", {"x": ["*.x"]})
+    apply(plan_install(other, hosts_path=tmp_path / "hosts", platform="darwin", env=dirs))
+
+    with pytest.raises(NamesError, match="written by devmesh for mesh 'other'") as raised:
+        plan_install(TENANTS, hosts_path=tmp_path / "hosts", platform="darwin", env=dirs)
+    assert "did not write" not in str(raised.value)
+    assert "devmesh uninstall --mesh other" in str(raised.value)
 
 
 def test_a_file_devmesh_did_not_write_is_never_overwritten(tmp_path: Path, dirs: dict[str, str]) -> None:

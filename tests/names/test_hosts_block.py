@@ -123,3 +123,27 @@ def test_a_block_edited_by_hand_is_refused_with_its_line(text: str, message: str
         with_block(text, SHOP, where="/etc/hosts")
     with pytest.raises(HostsFileError, match="/etc/hosts"):
         without_blocks(text, None, where="/etc/hosts")
+
+
+def test_the_first_line_records_the_project_folder_and_older_blocks_still_parse() -> None:
+    here = names_for("app", "app.test", {"api": ["api"]}, project="/home/me/work/app (old) >>> x")
+    text = with_block(USER_HOSTS, here)
+    (block,) = find_blocks(text)
+    assert block.project == "/home/me/work/app (old) >>> x"
+    assert block.body == ("127.0.0.1 app.test api.app.test",)
+    assert text.splitlines()[5] == (
+        "# >>> devmesh app (managed by devmesh; remove with devmesh uninstall; "
+        "project /home/me/work/app (old) >>> x) >>>"
+    )
+    older = with_block(USER_HOSTS, names_for("app", "app.test", {"api": ["api"]}))
+    assert find_blocks(older)[0].project == ""
+    assert names_for("app", "app.test", {}, project="/a\nb").project == "/a?b"  # one line, always
+
+
+def test_another_projects_block_with_the_same_names_is_left_as_it_is() -> None:
+    first = names_for("app", "app.test", {"api": ["api"]}, project="/one/app")
+    second = names_for("app", "app.test", {"api": ["api"]}, project="/two/app")
+    text = with_block(USER_HOSTS, first)
+    assert with_block(text, second) == text  # no back-and-forth rewrite of the marker
+    assert without_blocks(text, "app", keep=lambda block: block.project == "/one/app") == text
+    assert without_blocks(text, "app") == USER_HOSTS

@@ -81,10 +81,9 @@ def test_install_adds_the_block_and_a_second_run_is_up_to_date(project: Project,
 
     assert first.returncode == 0, first.stderr
     assert f"replaced {sandbox.hosts} (previous content: {sandbox.backup})" in first.stdout
-    assert sandbox.hosts.read_bytes() == USER_HOSTS + (
-        b"# >>> devmesh shop (managed by devmesh; remove with devmesh uninstall) >>>\n"
-        b"127.0.0.1 shop.test api.shop.test web.shop.test www.shop.test\n"
-        b"# <<< devmesh shop <<<\n"
+    marker = f"# >>> devmesh shop (managed by devmesh; remove with devmesh uninstall; project {project.root.resolve()}) >>>\n"
+    assert sandbox.hosts.read_bytes() == USER_HOSTS + marker.encode() + (
+        b"127.0.0.1 shop.test api.shop.test web.shop.test www.shop.test\n# <<< devmesh shop <<<\n"
     )
     assert sandbox.backup.read_bytes() == USER_HOSTS
     installed = sandbox.hosts.read_bytes()
@@ -179,8 +178,10 @@ def test_wildcards_get_a_dnsmasq_snippet(project: Project, sandbox: Sandbox) -> 
     assert result.returncode == 0, result.stderr
     snippet = (sandbox.dnsmasq / "devmesh-shop.conf").read_text()
     assert "address=/shop.test/127.0.0.1" in snippet.splitlines()
-    assert "Domains=~shop.test" in (sandbox.resolved / "devmesh-shop.conf").read_text()
+    assert list(sandbox.resolved.iterdir()) == []  # no global resolved setting: printed steps instead
     assert "then run: sudo systemctl restart dnsmasq" in result.stdout
+    assert "by hand (devmesh does not change system DNS settings):" in result.stdout
+    assert "sudo resolvectl domain devmesh0 '~shop.test' " in result.stdout
     assert b"api.shop.test" in sandbox.hosts.read_bytes()
 
     assert run(project, sandbox, "uninstall").returncode == 0
@@ -345,3 +346,108 @@ def test_uninstall_by_mesh_name_needs_no_config(tmp_path: Path, project: Project
     removed = devmesh("uninstall", "--mesh", "shop", cwd=elsewhere, env=sandbox.env)
     assert removed.returncode == 0, removed.stderr
     assert sandbox.hosts.read_bytes() == USER_HOSTS
+
+
+WILDCARDS = CONFIG + '\n[services.tenants]\nport = 3004\nhosts = ["*.tenant"]\n'
+
+
+def test_the_dns_method_without_dnsmasq_changes_nothing(
+    project: Project, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    project.write(WILDCARDS)
+    assert run(project, sandbox, "install", "--method", "hosts", "--yes").returncode == 1  # wildcards left
+    installed = sandbox.hosts.read_bytes()
+    env = {**sandbox.env, "DEVMESH_DNSMASQ_DIR": str(tmp_path / "no-dnsmasq.d")}
+    listing = sandbox.folder_listing()
+
+    result = devmesh("install", "--method", "dns", "--yes", cwd=project.root, env=env)
+
+    assert result.returncode == 1
+    assert "--method dns cannot be used here" in result.stderr
+    assert sandbox.hosts.read_bytes() == installed  # the working block was not taken out
+    assert sandbox.folder_listing() == listing
+
+
+def test_two_projects_called_app_do_not_take_each_others_names(tmp_path: Path, sandbox: Sandbox) -> None:
+    first, second = tmp_path / "one" / "app", tmp_path / "two" / "app"
+    for folder, host in ((first, "api"), (second, "admin")):
+        folder.mkdir(parents=True)
+        (folder / "devmesh.toml").write_text(
+            f'[mesh]\ndomain = "app.test"\n\n[services.{host}]\nport = 3001\n'
+        )
+    assert devmesh("install", "--yes", cwd=first, env=sandbox.env).returncode == 0
+    installed = sandbox.hosts.read_bytes()
+    assert f"; project {first.resolve()}) >>>".encode() in installed
+
+    refused = devmesh("install", "--yes", cwd=second, env=sandbox.env)
+
+    assert refused.returncode == 1
+    assert f"devmesh wrote for another project, {first.resolve()}, with other names" in refused.stderr
+    assert sandbox.hosts.read_bytes() == installed
+    kept = devmesh("uninstall", cwd=second, env=sandbox.env)
+    assert kept.returncode == 0 and "note: kept the hosts-file block of mesh 'app'" in kept.stdout
+    assert sandbox.hosts.read_bytes() == installed
+    assert devmesh("uninstall", "--mesh", "app", cwd=second, env=sandbox.env).returncode == 0
+    assert sandbox.hosts.read_bytes() == USER_HOSTS
+    assert devmesh("install", "--yes", cwd=second, env=sandbox.env).returncode == 0
+
+
+def test_install_and_uninstall_print_the_plan_and_the_outcome_as_json(
+    project: Project, sandbox: Sandbox
+) -> None:
+    import json
+
+    project.write(WILDCARDS)
+
+    planned = run(project, sandbox, "install", "--auto", "--dry-run", "--json")
+
+    assert planned.returncode == 0, planned.stderr
+    document = json.loads(planned.stdout)
+    assert document["command"] == "install" and document["dry_run"] is True
+    assert document["mesh"] == "shop" and document["domain"] == "shop.test"
+    assert document["wildcards"] == ["*.tenant.shop.test"]
+    assert [(c["path"], c["action"]) for c in document["changes"]] == [
+        (str(sandbox.hosts), "update"),
+        (str(sandbox.dnsmasq / "devmesh-shop.conf"), "create"),
+    ]
+    assert "+127.0.0.1 shop.test api.shop.test" in document["changes"][0]["diff"]
+    assert any("resolvectl domain devmesh0 '~shop.test'" in line for line in document["manual"])
+    assert document["written"] is False and document["applied"] == []
+    assert sandbox.hosts.read_bytes() == USER_HOSTS
+
+    unasked = run(project, sandbox, "install", "--json")
+    assert unasked.returncode == 1
+    assert "pass --yes" in json.loads(unasked.stdout)["error"]
+    assert sandbox.hosts.read_bytes() == USER_HOSTS
+
+    applied = json.loads(run(project, sandbox, "install", "--yes", "--json").stdout)
+    assert applied["written"] is True and applied["error"] is None
+    assert applied["applied"][0] == {
+        "path": str(sandbox.hosts),
+        "how": "replaced",
+        "backup": str(sandbox.backup),
+    }
+    assert applied["then"] == ["sudo systemctl restart dnsmasq"]
+
+    removed = run(project, sandbox, "uninstall", "--json")
+    assert removed.returncode == 0, removed.stderr
+    document = json.loads(removed.stdout)
+    assert document["command"] == "uninstall" and document["mesh"] == "shop"
+    assert [c["action"] for c in document["changes"]] == ["update", "delete"]
+    assert [done["how"] for done in document["applied"]] == ["replaced", "deleted"]
+    assert any("ip link delete devmesh0" in line for line in document["manual"])
+    assert sandbox.hosts.read_bytes() == USER_HOSTS
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_as_root_a_dns_folder_another_user_owns_is_refused(project: Project, sandbox: Sandbox) -> None:
+    project.write(WILDCARDS)
+    os.chown(sandbox.dnsmasq, 65534, 65534)  # Homebrew's dnsmasq.d belongs to the user
+
+    result = run(project, sandbox, "install", "--auto", "--yes")
+
+    assert result.returncode == 1
+    assert f"{sandbox.dnsmasq} belongs to " in result.stderr and "not root" in result.stderr
+    assert "nothing was written" in result.stderr
+    assert sandbox.hosts.read_bytes() == USER_HOSTS
+    assert list(sandbox.dnsmasq.iterdir()) == []

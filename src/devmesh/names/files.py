@@ -7,6 +7,9 @@ The exception is a hosts file that is a bind mount, as /etc/hosts is inside Dock
 containers: renaming over a mount point fails with EBUSY. There the whole new content is written into
 the existing file instead (then truncated and fsynced). That is not atomic; the backup written just
 before is what protects the user there, and the message says where it is.
+
+Run as root, devmesh writes only into folders root owns (and that not every user may write into): in
+a folder another user controls, that user could swap the temp file for a link between two calls.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,14 +60,18 @@ class WriteProblem:
     needs_root: bool
 
 
-def write_problem(path: Path) -> WriteProblem | None:
+def write_problem(path: Path, *, deleting: bool = False) -> WriteProblem | None:
     """Why devmesh may not write `path` (and its backup and temp file beside it), or None if it may.
 
-    `os.access` asks the kernel, so it also says no on a read-only mount, even to root.
+    `os.access` asks the kernel, so it also says no on a read-only mount, even to root. Deleting a
+    file needs no safe folder (unlinking a name never follows a link).
     """
     folder = path.parent
     if not folder.is_dir():
         return WriteProblem(f"{folder} does not exist", needs_root=False)
+    unsafe = None if deleting else folder_problem(folder)
+    if unsafe is not None:
+        return WriteProblem(unsafe, needs_root=False)
     if path.exists() and not os.access(path, os.W_OK):
         return WriteProblem(f"{path} is not writable by this user", needs_root=not _is_root())
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -74,13 +82,48 @@ def write_problem(path: Path) -> WriteProblem | None:
     return None
 
 
+def folder_problem(folder: Path) -> str | None:
+    """Running as root: why devmesh will not write into `folder` (None when it may, or not root).
+
+    A folder another user controls (Homebrew's dnsmasq.d on macOS is the user's) lets that user swap
+    the files root writes there for links to files of their choosing, between two system calls.
+    """
+    if not _is_root():
+        return None
+    try:
+        status = folder.stat()
+    except OSError:
+        return None
+    advice = (
+        "running as root, devmesh does not write into a folder another user controls (they could swap "
+        f"its files for links to system files); make it root's (sudo chown root {folder}), or point "
+        "devmesh at a root-owned folder"
+    )
+    if status.st_uid != 0:
+        return f"{folder} belongs to {_user_name(status.st_uid)}, not root: {advice}"
+    if status.st_mode & stat.S_IWOTH and not status.st_mode & stat.S_ISVTX:
+        return f"{folder} is writable by every user: {advice}"
+    return None
+
+
+class InPlaceWriteError(OSError):
+    """Rewriting a file in place failed after it was opened: it may be half-written (see the backup)."""
+
+
 def write_file(path: Path, data: bytes, *, new_mode: int = 0o644, replace: Replace = os.replace) -> str:
     """Replace the content of `path` with `data`, atomically where the file system allows it.
 
     Returns how: "replaced" (atomic rename) or "rewritten in place" (a bind-mounted file; see the
-    module docstring). Raises OSError when neither works; the file is then unchanged, or (in place
-    only) the backup holds its previous content.
+    module docstring). Raises OSError when neither works; the file is then unchanged, except after
+    InPlaceWriteError, when the backup holds its previous content.
+
+    The temp file is created with O_EXCL and O_NOFOLLOW, and its mode, owner and label are set through
+    the open descriptor: a name someone swapped for a link is never followed. Before the rename the
+    name must still be that file.
     """
+    unsafe = folder_problem(path.parent)
+    if unsafe is not None:
+        raise PermissionError(errno.EPERM, unsafe, str(path.parent))
     for leftover in temp_files(path):
         with contextlib.suppress(OSError):
             leftover.unlink()
@@ -90,16 +133,22 @@ def write_file(path: Path, data: bytes, *, new_mode: int = 0o644, replace: Repla
         status = None
     mode = status.st_mode & 0o7777 if status else new_mode
     temporary = path.with_name(f".{path.name}{_TEMP_INFIX}{secrets.token_hex(4)}{_TEMP_SUFFIX}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    descriptor = os.open(temporary, flags, 0o600)
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        if status is not None:
-            _copy_security_label(path, temporary)
-        if status is not None and not _same_owner(temporary, status):
+        try:
+            with os.fdopen(descriptor, "wb", closefd=False) as handle:
+                handle.write(data)
+                handle.flush()
+            os.fsync(descriptor)
+            _set_mode(descriptor, temporary, mode)
+            if status is not None:
+                _copy_security_label(path, descriptor)
+            same_owner = status is None or _give_owner(descriptor, status)
+            _check_still_ours(temporary, descriptor)
+        finally:
+            os.close(descriptor)
+        if not same_owner:
             # We can write the file but not give a new one its owner (not root): keep the file itself.
             os.unlink(temporary)
             return _rewrite_in_place(path, data)
@@ -140,7 +189,24 @@ def _is_root() -> bool:
     return geteuid is not None and geteuid() == 0
 
 
-def _copy_security_label(source: Path, target: Path) -> None:
+def _user_name(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _set_mode(descriptor: int, temporary: Path, mode: int) -> None:
+    fchmod = getattr(os, "fchmod", None)  # not on Windows before Python 3.13, where there is no chown
+    if fchmod is not None:
+        fchmod(descriptor, mode)
+    else:
+        os.chmod(temporary, mode)
+
+
+def _copy_security_label(source: Path, descriptor: int) -> None:
     """Give the new file the old one's SELinux label (/etc/hosts is net_conf_t, a new file in /etc is
     etc_t); without SELinux there is no such attribute and nothing to do."""
     getxattr = getattr(os, "getxattr", None)
@@ -148,31 +214,47 @@ def _copy_security_label(source: Path, target: Path) -> None:
     if getxattr is None or setxattr is None:
         return
     try:
-        setxattr(target, "security.selinux", getxattr(source, "security.selinux"))
+        setxattr(descriptor, "security.selinux", getxattr(source, "security.selinux"))
     except OSError:
         pass
 
 
-def _same_owner(temporary: Path, status: os.stat_result) -> bool:
-    if sys.platform == "win32":
+def _give_owner(descriptor: int, status: os.stat_result) -> bool:
+    """Give the new file the old one's owner; False when this user may not (not root)."""
+    fchown = getattr(os, "fchown", None)
+    if sys.platform == "win32" or fchown is None:
         return True
-    current = temporary.stat()
+    current = os.fstat(descriptor)
     if (current.st_uid, current.st_gid) == (status.st_uid, status.st_gid):
         return True
     try:
-        os.chown(temporary, status.st_uid, status.st_gid)
+        fchown(descriptor, status.st_uid, status.st_gid)
     except PermissionError:
         return False
     return True
 
 
+def _check_still_ours(temporary: Path, descriptor: int) -> None:
+    """The temp file's name must still be the file written through `descriptor` (not a swapped-in link)."""
+    if sys.platform == "win32":
+        return
+    named, written = os.lstat(temporary), os.fstat(descriptor)
+    if (named.st_dev, named.st_ino) != (written.st_dev, written.st_ino):
+        raise OSError(
+            errno.EEXIST, "the temp file was replaced by another while devmesh wrote it", str(temporary)
+        )
+
+
 def _rewrite_in_place(path: Path, data: bytes) -> str:
     # Not atomic (see the module docstring): the caller wrote the backup first.
-    with open(path, "r+b") as handle:
-        handle.write(data)
-        handle.truncate()
-        handle.flush()
-        os.fsync(handle.fileno())
+    with open(path, "r+b") as handle:  # failing here leaves the file as it was
+        try:
+            handle.write(data)
+            handle.truncate()
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError as error:
+            raise InPlaceWriteError(error.errno, error.strerror, str(path)) from error
     return "rewritten in place"
 
 

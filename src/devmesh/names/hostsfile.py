@@ -2,9 +2,13 @@
 
 A block belongs to one mesh (project) and looks like this:
 
-    # >>> devmesh shop (managed by devmesh; remove with devmesh uninstall) >>>
+    # >>> devmesh shop (managed by devmesh; remove with devmesh uninstall; project /home/me/shop) >>>
     127.0.0.1 shop.test api.shop.test web.shop.test
     # <<< devmesh shop <<<
+
+The project folder on the first line tells apart two projects with the same mesh name (two folders
+called `app`): `devmesh.names.changes` refuses to replace a block another project wrote with other
+names. A block without it (written by an older devmesh) belongs to whichever project installs next.
 
 Everything outside devmesh's blocks is the user's and comes back byte for byte: the text is decoded
 with `surrogateescape` (a hosts file in another encoding survives), line endings are kept as they are
@@ -16,6 +20,7 @@ again and the file is exactly what it was.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from devmesh.names.plan import NameSet
@@ -26,7 +31,8 @@ ERRORS = "surrogateescape"
 NAMES_PER_LINE = 8
 ADDED_LINE_BREAK_NOTE = "# (devmesh added the line break at the end of the line above this block)"
 
-_BEGIN = re.compile(r"^# >>> devmesh (?P<mesh>\S+) \(managed by devmesh\b.*>>>\s*$")
+_BEGIN = re.compile(r"^# >>> devmesh (?P<mesh>\S+) \(managed by devmesh\b(?P<rest>.*)>>>\s*$")
+_PROJECT = re.compile(r"; project (?P<project>.*)\)\s*$")
 _END = re.compile(r"^# <<< devmesh (?P<mesh>\S+) <<<\s*$")
 
 
@@ -34,8 +40,9 @@ class HostsFileError(ValueError):
     """The hosts file has a devmesh block devmesh cannot safely change (edited by hand)."""
 
 
-def begin_marker(mesh: str) -> str:
-    return f"# >>> devmesh {mesh} (managed by devmesh; remove with devmesh uninstall) >>>"
+def begin_marker(mesh: str, project: str = "") -> str:
+    recorded = f"; project {project}" if project else ""
+    return f"# >>> devmesh {mesh} (managed by devmesh; remove with devmesh uninstall{recorded}) >>>"
 
 
 def end_marker(mesh: str) -> str:
@@ -50,6 +57,8 @@ class Block:
     start: int
     end: int
     added_line_break: bool
+    project: str = ""  # the project folder on the first line ("" when not recorded)
+    body: tuple[str, ...] = ()  # the address lines, without line breaks
 
 
 def decode(data: bytes) -> str:
@@ -66,7 +75,9 @@ def find_blocks(text: str, *, where: str = "the hosts file") -> list[Block]:
     blocks: list[Block] = []
     open_mesh: str | None = None
     open_line = 0
+    open_project = ""
     note = False
+    body: list[str] = []
     for number, line in enumerate(lines):
         content = line.rstrip("\r\n")
         begin = _BEGIN.match(content)
@@ -77,17 +88,21 @@ def find_blocks(text: str, *, where: str = "the hosts file") -> list[Block]:
                     f"{where}: the devmesh block for {open_mesh!r} that starts on line {open_line + 1} "
                     f"has no end line before line {number + 1}; fix or delete it by hand"
                 )
-            open_mesh, open_line, note = begin.group("mesh"), number, False
+            open_mesh, open_line, note, body = begin.group("mesh"), number, False, []
+            recorded = _PROJECT.search(begin.group("rest"))
+            open_project = recorded.group("project") if recorded else ""
         elif end:
             if open_mesh is None or open_mesh != end.group("mesh"):
                 raise HostsFileError(
                     f"{where}: line {number + 1} ends a devmesh block for {end.group('mesh')!r} that "
                     "never started; fix or delete it by hand"
                 )
-            blocks.append(Block(open_mesh, open_line, number + 1, note))
+            blocks.append(Block(open_mesh, open_line, number + 1, note, open_project, tuple(body)))
             open_mesh = None
         elif open_mesh is not None and content == ADDED_LINE_BREAK_NOTE:
             note = True
+        elif open_mesh is not None:
+            body.append(content)
     if open_mesh is not None:
         raise HostsFileError(
             f"{where}: the devmesh block for {open_mesh!r} that starts on line {open_line + 1} never "
@@ -98,14 +113,29 @@ def find_blocks(text: str, *, where: str = "the hosts file") -> list[Block]:
 
 def block_lines(names: NameSet, newline: str = "\n", *, added_line_break: bool = False) -> list[str]:
     """The block for `names`, one string per line, each ending with `newline`."""
-    lines = [begin_marker(names.mesh)]
+    lines = [begin_marker(names.mesh, names.project)]
     if added_line_break:
         lines.append(ADDED_LINE_BREAK_NOTE)
-    for address in names.addresses:
-        for first in range(0, len(names.plain), NAMES_PER_LINE):
-            lines.append(f"{address} {' '.join(names.plain[first : first + NAMES_PER_LINE])}")
+    lines += body_lines(names)
     lines.append(end_marker(names.mesh))
     return [line + newline for line in lines]
+
+
+def body_lines(names: NameSet) -> list[str]:
+    """The address lines of the block for `names`, without line breaks."""
+    return [
+        f"{address} {' '.join(names.plain[first : first + NAMES_PER_LINE])}"
+        for address in names.addresses
+        for first in range(0, len(names.plain), NAMES_PER_LINE)
+    ]
+
+
+def from_another_project(block: Block, names: NameSet) -> bool:
+    """True when `block` (of `names.mesh`) was written for another project folder than `names.project`.
+
+    Unknown on either side (an older block, or names with no project) is not "another".
+    """
+    return bool(block.project and names.project and block.project != names.project)
 
 
 def with_block(text: str, names: NameSet, *, where: str = "the hosts file") -> str:
@@ -115,6 +145,10 @@ def with_block(text: str, names: NameSet, *, where: str = "the hosts file") -> s
     blocks = [block for block in find_blocks(text, where=where) if block.mesh == names.mesh]
     if blocks:
         first = blocks[0]
+        if len(blocks) == 1 and from_another_project(first, names) and first.body == tuple(body_lines(names)):
+            # Another project with the same mesh name and the same names: they resolve already, and
+            # rewriting the marker would make each project's install "update" it back and forth.
+            return text
         new = block_lines(names, newline, added_line_break=first.added_line_break)
         # A second block for the same mesh (copied by hand, or from an interrupted in-place rewrite)
         # goes away: one mesh, one block.
@@ -128,11 +162,18 @@ def with_block(text: str, names: NameSet, *, where: str = "the hosts file") -> s
     return "".join([*lines, *block_lines(names, newline, added_line_break=added_line_break)])
 
 
-def without_blocks(text: str, mesh: str | None, *, where: str = "the hosts file") -> str:
-    """`text` without devmesh's block for `mesh` (every devmesh block when `mesh` is None)."""
+def without_blocks(
+    text: str,
+    mesh: str | None,
+    *,
+    where: str = "the hosts file",
+    keep: Callable[[Block], bool] | None = None,
+) -> str:
+    """`text` without devmesh's block for `mesh` (every devmesh block when `mesh` is None); a block
+    for which `keep` says True stays."""
     lines = text.splitlines(keepends=True)
     for block in reversed(find_blocks(text, where=where)):
-        if mesh is not None and block.mesh != mesh:
+        if (mesh is not None and block.mesh != mesh) or (keep is not None and keep(block)):
             continue
         at_end = block.end == len(lines)
         del lines[block.start : block.end]

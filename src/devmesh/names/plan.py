@@ -22,6 +22,7 @@ IPV4_LOOPBACK = "127.0.0.1"
 IPV6_LOOPBACK = "::1"
 _IPV6_LISTEN_HOSTS = ("::", "::1")
 _MARK_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def needs_no_setup(domain: str) -> bool:
@@ -44,6 +45,9 @@ class NameSet:
     plain: tuple[str, ...]  # full names, the domain first, then sorted
     wildcards: tuple[str, ...]  # "*.tenant.shop.test", sorted
     addresses: tuple[str, ...]
+    # The project folder (absolute), recorded in the hosts-file block and the DNS files: two projects
+    # whose folders have the same name get the same mesh name, and this tells their entries apart.
+    project: str = ""
 
     @property
     def needs_setup(self) -> bool:
@@ -58,7 +62,12 @@ def full_name(host: str, domain: str) -> str:
 
 
 def names_for(
-    mesh_name: str, domain: str, hosts_by_service: dict[str, list[str]], *, ipv6: bool = False
+    mesh_name: str,
+    domain: str,
+    hosts_by_service: dict[str, list[str]],
+    *,
+    ipv6: bool = False,
+    project: str = "",
 ) -> NameSet:
     """The NameSet for a mesh whose services answer to `hosts_by_service` (service → its hosts)."""
     domain = domain.lower().rstrip(".")
@@ -71,8 +80,18 @@ def names_for(
     plain.discard(domain)
     addresses = (IPV4_LOOPBACK, IPV6_LOOPBACK) if ipv6 else (IPV4_LOOPBACK,)
     return NameSet(
-        mark_name(mesh_name), domain, (domain, *sorted(plain)), tuple(sorted(wildcards)), addresses
+        mark_name(mesh_name),
+        domain,
+        (domain, *sorted(plain)),
+        tuple(sorted(wildcards)),
+        addresses,
+        project_label(project),
     )
+
+
+def project_label(folder: str) -> str:
+    """A project folder as written on a marker line: control characters (a newline) would break it."""
+    return _CONTROL.sub("?", folder)
 
 
 def names_from_config(loaded: LoadedConfig) -> NameSet:
@@ -84,4 +103,5 @@ def names_from_config(loaded: LoadedConfig) -> NameSet:
     }
     listens = [config.proxy.listen.host, config.proxy.https.host if config.proxy.https else ""]
     ipv6 = any(host in _IPV6_LISTEN_HOSTS for host in listens)
-    return names_for(loaded.mesh_name, config.mesh.domain, hosts, ipv6=ipv6)
+    project = str(loaded.project_dir.resolve())
+    return names_for(loaded.mesh_name, config.mesh.domain, hosts, ipv6=ipv6, project=project)
