@@ -37,8 +37,8 @@ AddressField = Annotated[Address, BeforeValidator(parse_address), PlainSerialize
 DurationRangeField = Annotated[DurationRange, BeforeValidator(parse_duration_range)]
 BytesPerSecond = Annotated[int, BeforeValidator(parse_rate_bytes_per_s)]
 
-_SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+_HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\Z")
 
 
 def _check_specifier(value: str) -> str:
@@ -55,7 +55,7 @@ def _check_url(value: str) -> str:
     return value.rstrip("/")
 
 
-_PEER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PEER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 
 def _check_mirror(value: str) -> str:
