@@ -9,7 +9,9 @@ For each HTTP or WebSocket request, in this order:
 
 1. `/_devmesh/health` and `/_devmesh/routes` (any host) are answered by the middleware itself;
 2. a host that `hosts=` mounts goes to that app (exact names before wildcards, the longest wildcard first);
-3. a host naming another service of the mesh goes to the devmesh proxy, bodies streamed both ways;
+3. a host naming another service of the mesh goes to the devmesh proxy, bodies streamed both ways
+   (only for clients on this machine unless `forward_from=` allows more; never a second time, which
+   would be a loop);
 4. anything else goes to the wrapped app.
 
 Every request's scope carries what was matched: `scope["devmesh"]` (a dict) and `scope["state"]["devmesh"]`
@@ -25,6 +27,7 @@ from typing import Any
 
 from devmesh.middleware.asgi_forward import MeshResponseError, forward_http
 from devmesh.middleware.core import (
+    FORWARDED_BY_HEADER,
     Action,
     HostRoutingMiddleware,
     LocalResponse,
@@ -57,6 +60,9 @@ class DevmeshMiddleware(HostRoutingMiddleware[ASGIApp]):
         version: this service's version for the health endpoint; default `$DEVMESH_SERVICE_VERSION`.
         trust_forwarded_headers: apply `X-Forwarded-Proto/-Host/-For` to the scope when the peer is a
             loopback address (the devmesh proxy on this machine).
+        forward_from: the clients (besides loopback ones) whose requests may be forwarded to the mesh:
+            addresses or networks (`["192.168.1.0/24"]`), or `"any"`. Others get a 403 saying so, so an
+            app listening on the network does not relay other machines to the mesh's local services.
         health_path: where the health document is served; None turns it off.
         routes_path: where the mounted hosts and forwarding rules are listed; None turns it off.
         timeout: seconds to wait for the mesh to connect, and between two reads of its response.
@@ -76,6 +82,8 @@ class DevmeshMiddleware(HostRoutingMiddleware[ASGIApp]):
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        client = scope.get("client")
+        peer = str(client[0]) if client else None  # the connection's own, before X-Forwarded-For
         if self.trust_forwarded_headers:
             scope = _apply_forwarded(scope)
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
@@ -106,7 +114,14 @@ class DevmeshMiddleware(HostRoutingMiddleware[ASGIApp]):
                 }
             )
         elif action is Action.FORWARD:
-            await self._forward(scope, receive, send, host)
+            refusal = self.core.refusal(
+                host, peer=peer, forwarded_by=_header(headers, FORWARDED_BY_HEADER.lower().encode())
+            )
+            if refusal is not None:
+                counters.add("forward_refused")
+                await _respond(send, refusal)
+            else:
+                await self._forward(scope, receive, send, host)
         else:
             counters.add("passed_to_app")
             await self.app(scope, receive, send)

@@ -15,6 +15,7 @@ The environ carries what was matched: `environ["devmesh"]` (a `HostMatch`) and `
 from __future__ import annotations
 
 from collections.abc import Iterable
+from http import HTTPStatus
 
 from devmesh.middleware.core import (
     Action,
@@ -27,8 +28,6 @@ from devmesh.middleware.core import (
 from devmesh.middleware.hosts import HostMatch
 from devmesh.middleware.types import StartResponse, WSGIApplication, WSGIEnvironment
 from devmesh.middleware.wsgi_forward import environ_headers, forward_wsgi
-
-_REASONS = {200: "OK", 405: "Method Not Allowed", 502: "Bad Gateway", 504: "Gateway Timeout"}
 
 
 class DevmeshWSGIMiddleware(HostRoutingMiddleware[WSGIApplication]):
@@ -46,6 +45,8 @@ class DevmeshWSGIMiddleware(HostRoutingMiddleware[WSGIApplication]):
         version: this service's version; default `$DEVMESH_SERVICE_VERSION`.
         trust_forwarded_headers: apply `X-Forwarded-Proto/-Host/-For` to the environ when
             `REMOTE_ADDR` is a loopback address.
+        forward_from: the clients besides loopback ones (by `REMOTE_ADDR`) whose requests may be
+            forwarded to the mesh: addresses or networks, or `"any"`; others get a 403.
         health_path: where the health document is served; None turns it off.
         routes_path: where the mounted hosts and forwarding rules are listed; None turns it off.
         timeout: seconds to wait for the mesh to connect and to answer (per read).
@@ -55,6 +56,7 @@ class DevmeshWSGIMiddleware(HostRoutingMiddleware[WSGIApplication]):
     APP_KIND = "a WSGI app"
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        peer = environ.get("REMOTE_ADDR") or None  # the connection's own, before X-Forwarded-For
         if self.trust_forwarded_headers:
             _apply_forwarded(environ)
         host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
@@ -73,6 +75,12 @@ class DevmeshWSGIMiddleware(HostRoutingMiddleware[WSGIApplication]):
             assert plan.app is not None
             return plan.app(environ, start_response)
         if plan.action is Action.FORWARD:
+            refusal = self.core.refusal(
+                host, peer=peer, forwarded_by=environ.get("HTTP_X_DEVMESH_FORWARDED_BY")
+            )
+            if refusal is not None:
+                counters.add("forward_refused")
+                return _respond(start_response, refusal)
             return self._forward(environ, start_response, host)
         counters.add("passed_to_app")
         return self.app(environ, start_response)
@@ -125,7 +133,7 @@ def _record_match(environ: WSGIEnvironment, match: HostMatch) -> None:
 
 def _respond(start_response: StartResponse, response: LocalResponse) -> list[bytes]:
     status, headers, body = response
-    start_response(f"{status} {_REASONS.get(status, '')}".strip(), headers)
+    start_response(f"{status} {HTTPStatus(status).phrase}", headers)
     return [body]
 
 

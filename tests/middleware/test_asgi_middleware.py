@@ -234,3 +234,49 @@ def test_bad_arguments_are_named() -> None:
         DevmeshMiddleware("nope", environ={})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="timeout: 0"):
         DevmeshMiddleware(replying("x"), timeout=0, environ={})
+
+
+async def test_a_mesh_host_is_forwarded_only_for_a_loopback_client() -> None:
+    """An app listening on the network must not relay other machines to the mesh's local services."""
+    app = middleware(mesh="http://127.0.0.1:9", mesh_services=["admin"])
+    # X-Forwarded-For can't make a remote peer look local: the connection's own address decides.
+    scope = http_scope(
+        "admin.localhost", client=("192.168.1.7", 40000), headers={"x-forwarded-for": "127.0.0.1"}
+    )
+    sent = await call(app, scope)
+    assert sent[0]["status"] == 403 and (b"content-type", b"application/json") in sent[0]["headers"]
+    refused = body_of(sent)
+    assert refused["error"] == "forward refused" and refused["client"] == "192.168.1.7"
+    assert "forward_from=" in refused["message"] and "not from this machine" in refused["message"]
+    # A peer with no IP address (a Unix socket, a test client's name) is not loopback either.
+    assert (await call(app, http_scope("admin.localhost", client=("testclient", 1))))[0]["status"] == 403
+    assert (await call(app, http_scope("admin.localhost", client=None)))[0]["status"] == 403
+    # What the app itself serves still answers any client; only forwarding is limited.
+    assert body_of(await call(app, http_scope("api.localhost", client=("192.168.1.7", 1))))["app"] == "api"
+    # From loopback (also as a dual-stack socket shows it), it goes to the mesh (down here: 502).
+    for local in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        forwarded = await call(app, http_scope("admin.localhost", client=(local, 1)))
+        assert body_of(forwarded)["error"] == "mesh unreachable"
+    routes = body_of(await call(app, http_scope("x", "/_devmesh/routes")))
+    assert routes["requests"]["forward_refused"] == 3 and routes["forward_from"] == ["loopback"]
+
+
+async def test_forward_from_lets_more_clients_through() -> None:
+    lan = middleware(mesh="http://127.0.0.1:9", mesh_services=["admin"], forward_from=["192.168.1.0/24"])
+    inside = await call(lan, http_scope("admin.localhost", client=("192.168.1.7", 1)))
+    assert body_of(inside)["error"] == "mesh unreachable"
+    outside = await call(lan, http_scope("admin.localhost", client=("10.0.0.2", 1)))
+    assert outside[0]["status"] == 403
+    anyone = middleware(mesh="http://127.0.0.1:9", mesh_services=["admin"], forward_from="any")
+    sent = await call(anyone, http_scope("admin.localhost", client=("testclient", 1)))
+    assert body_of(sent)["error"] == "mesh unreachable"
+
+
+async def test_a_request_another_middleware_forwarded_is_not_forwarded_again() -> None:
+    app = middleware(mesh="http://127.0.0.1:9", mesh_services=["admin"])
+    scope = http_scope("admin.localhost", headers={"x-devmesh-forwarded-by": "web"})
+    sent = await call(app, scope)
+    assert sent[0]["status"] == 508
+    loop = body_of(sent)
+    assert loop["error"] == "forwarding loop" and loop["forwarded_by"] == "web"
+    assert "http://127.0.0.1:9" in loop["message"] and "not at" not in loop["message"]

@@ -8,6 +8,7 @@ import pytest
 
 from devmesh.middleware.core import (
     Action,
+    ForwardFrom,
     ForwardProblem,
     MeshAddress,
     MeshSettings,
@@ -204,3 +205,18 @@ def test_response_headers_keep_the_length_unless_chunked() -> None:
         ("X-A", "1"),
     ]
     assert response_headers([("Transfer-Encoding", "chunked"), ("Content-Length", "3")]) == []
+
+
+def test_forward_from_parses_addresses_networks_and_any() -> None:
+    assert ForwardFrom.parse(None).describe() == ["loopback"]
+    assert ForwardFrom.parse("any").everyone and ForwardFrom.parse(["10.0.0.0/8", "ANY"]).everyone
+    policy = ForwardFrom.parse(["10.0.0.0/8", "192.168.1.20", "fd00::/8", "loopback"])
+    assert policy.describe() == ["loopback", "10.0.0.0/8", "192.168.1.20/32", "fd00::/8"]
+    assert policy.allows("10.1.2.3") and policy.allows("192.168.1.20") and policy.allows("fd00::1")
+    assert policy.allows("::ffff:10.1.2.3") and policy.allows("127.0.0.1") and policy.allows("[::1]")
+    assert not policy.allows("192.168.1.21") and not policy.allows(None) and not policy.allows("testclient")
+    assert ForwardFrom.parse("10.0.0.0/8").allows("10.9.9.9")  # one network as a string
+    with pytest.raises(ValueError, match="forward_from: 'lan' is not an address or a network"):
+        ForwardFrom.parse(["lan"])
+    with pytest.raises(ValueError, match="forward_from: 7 is not"):
+        ForwardFrom.parse([7])  # type: ignore[list-item]

@@ -109,3 +109,29 @@ def test_bad_arguments_are_named() -> None:
         DevmeshWSGIMiddleware(None, environ={})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hosts: 'a/b' is not a host name"):
         DevmeshWSGIMiddleware(replying("x"), hosts={"a/b": replying("y")}, environ={})
+
+
+def ask(web: Client, host: str, remote: str = "127.0.0.1", **headers: str) -> tuple[str, Any]:
+    """GET / for `host` from a client at `remote`: the status line and the JSON answer."""
+    response = web.get("/", headers={"Host": host, **headers}, environ_overrides={"REMOTE_ADDR": remote})
+    return response.status, json.loads(response.data)
+
+
+def test_a_mesh_host_is_forwarded_only_for_a_loopback_client() -> None:
+    web = client(mesh="http://127.0.0.1:9", mesh_services=["admin"])
+    # X-Forwarded-For can't make a remote peer look local.
+    status, refused = ask(web, "admin.localhost", "192.168.1.7", X_Forwarded_For="127.0.0.1")
+    assert status == "403 Forbidden"
+    assert refused["error"] == "forward refused" and refused["client"] == "192.168.1.7"
+    assert ask(web, "admin.localhost", "")[0] == "403 Forbidden"  # no REMOTE_ADDR (a Unix socket)
+    assert ask(web, "api.localhost", "192.168.1.7")[1]["app"] == "api"  # its own apps answer anyone
+    status, forwarded = ask(web, "admin.localhost")  # from 127.0.0.1: to the mesh (down here)
+    assert status == "502 Bad Gateway" and forwarded["error"] == "mesh unreachable"
+    lan = client(mesh="http://127.0.0.1:9", mesh_services=["admin"], forward_from="192.168.1.0/24")
+    assert ask(lan, "admin.localhost", "192.168.1.7")[0] == "502 Bad Gateway"
+
+
+def test_a_request_another_middleware_forwarded_is_not_forwarded_again() -> None:
+    web = client(mesh="http://127.0.0.1:9", mesh_services=["admin"])
+    status, loop = ask(web, "admin.localhost", X_DevMesh_Forwarded_By="web")
+    assert status == "508 Loop Detected" and loop["error"] == "forwarding loop"

@@ -9,6 +9,10 @@ arrives from the mesh (chunks decoded here; the ASGI server frames it again for 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+from asyncio import FIRST_COMPLETED
+from typing import Any
 from urllib.parse import quote
 
 from devmesh.middleware.core import (
@@ -19,9 +23,11 @@ from devmesh.middleware.core import (
     MeshAddress,
     response_headers,
 )
-from devmesh.middleware.types import Receive, Scope, Send
+from devmesh.middleware.types import Message, Receive, Scope, Send
 
 HEAD_LIMIT_BYTES = 64 * 1024
+# After a write to the mesh failed, how long an answer it may have sent already is waited for.
+EARLY_ANSWER_WAIT_S = 1.0
 NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -40,38 +46,162 @@ def request_target(scope: Scope) -> bytes:
     return path + b"?" + query if query else path
 
 
-async def _connect(mesh: MeshAddress, timeout_s: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+class _MeshProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, except for a connection lost with an error while the request is still
+    being sent. A mesh that answers early (413) and closes makes the rest of the body fail to write;
+    asyncio then closes the socket without reading what arrived meanwhile, and fails every read of what
+    it had. Here the answer is read from the socket first and the response side ends like an EOF;
+    what broke is kept in `send_error` (drain() still raises)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        super().__init__(reader)
+        self.reader = reader
+        self.sending = True
+        self.send_error: OSError | None = None
+        self._socket: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._socket = transport.get_extra_info("socket")
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.sending and isinstance(exc, OSError):
+            self.send_error, exc = exc, None
+            self._read_what_is_left()
+        super().connection_lost(exc)
+
+    def _read_what_is_left(self) -> None:
+        """Hand the reader what the kernel still holds of the mesh's answer (the transport closes the
+        socket right after this, unread)."""
+        if self._socket is None:
+            return
+        try:
+            spare = socket.socket(fileno=os.dup(self._socket.fileno()))
+        except OSError:
+            return
+        with spare:
+            spare.setblocking(False)
+            while True:
+                try:
+                    data = spare.recv(BODY_CHUNK_BYTES)
+                except OSError:  # nothing more now (BlockingIOError), or the reset itself
+                    return
+                if not data:
+                    return
+                self.reader.feed_data(data)
+
+
+async def _open(mesh: MeshAddress) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, _MeshProtocol]:
+    """asyncio.open_connection with a _MeshProtocol."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=HEAD_LIMIT_BYTES)
+    protocol = _MeshProtocol(reader)
+    transport, _ = await loop.create_connection(lambda: protocol, mesh.host, mesh.port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop), protocol
+
+
+async def _connect(
+    mesh: MeshAddress, timeout_s: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, _MeshProtocol]:
     last: OSError | None = None
     for attempt in range(CONNECT_ATTEMPTS):
         if attempt:
             await asyncio.sleep(CONNECT_RETRY_DELAY_S)
         try:
             async with asyncio.timeout(timeout_s):
-                return await asyncio.open_connection(mesh.host, mesh.port, limit=HEAD_LIMIT_BYTES)
+                return await _open(mesh)
         except OSError as error:
             last = error
     assert last is not None
     raise last
 
 
+HeadFuture = asyncio.Future[tuple[int, list[tuple[str, str]]]]
+
+
+def _refused(head: HeadFuture) -> bool:
+    """True once the mesh answered with an error, or closed, before taking the whole body: the rest of
+    the body is not sent (RFC 9112 §9.5) and the answer goes to the client. An early 2xx or 3xx does
+    not stop the body."""
+    if not head.done():
+        return False
+    if head.cancelled() or head.exception() is not None:
+        return True
+    return head.result()[0] >= 400
+
+
+def _with_head(waiting: asyncio.Future[Any], head: HeadFuture) -> set[asyncio.Future[Any]]:
+    """What to wait for: `waiting`, and the response head while it has not arrived."""
+    return {waiting} if head.done() else {waiting, head}
+
+
+async def _drained(writer: asyncio.StreamWriter, head: HeadFuture, timeout_s: float) -> bool:
+    """Wait until the mesh took what was written: True; False when it refused the body first.
+
+    Raises TimeoutError when it takes nothing for `timeout_s`, and the write's error when the connection
+    broke."""
+    drain = asyncio.ensure_future(writer.drain())
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                if _refused(head):
+                    return False
+                await asyncio.wait(_with_head(drain, head), return_when=FIRST_COMPLETED)
+                if drain.done():
+                    drain.result()
+                    return True
+    finally:
+        if not drain.done():
+            drain.cancel()
+
+
+async def _next_message(receive: Receive, head: HeadFuture) -> Message | None:
+    """The client's next message, or None when the mesh refused the body while waiting for it."""
+    if _refused(head):
+        return None
+    message = asyncio.ensure_future(receive())
+    try:
+        while True:
+            await asyncio.wait(_with_head(message, head), return_when=FIRST_COMPLETED)
+            if message.done():
+                return message.result()
+            if _refused(head):
+                return None
+    finally:
+        if not message.done():
+            message.cancel()
+
+
 async def _send_body(
-    writer: asyncio.StreamWriter, receive: Receive, first: bytes, more: bool, *, chunked: bool
+    writer: asyncio.StreamWriter,
+    receive: Receive,
+    first: bytes,
+    more: bool,
+    *,
+    chunked: bool,
+    head: HeadFuture,
+    timeout_s: float,
 ) -> None:
-    """Write the request body as the server hands it over, chunk-encoded when `chunked`."""
+    """Write the request body as the server hands it over, chunk-encoded when `chunked`; stop early when
+    the mesh refuses it (`head`, the response being read meanwhile, is an error or the connection closed).
+    Each write must be taken within `timeout_s` (TimeoutError)."""
     body, more_body = first, more
     while True:
         if body:
             writer.write(b"%x\r\n%b\r\n" % (len(body), body) if chunked else body)
-            await writer.drain()
+            if not await _drained(writer, head, timeout_s):
+                return
         if not more_body:
             break
-        message = await receive()
+        message = await _next_message(receive, head)
+        if message is None:
+            return
         if message["type"] == "http.disconnect":
             raise ClientGone
         body, more_body = message.get("body", b""), message.get("more_body", False)
     if chunked:
         writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        await _drained(writer, head, timeout_s)
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, list[tuple[str, str]]]:
@@ -182,7 +312,7 @@ async def forward_http(
     drops the connection, so the client sees a truncated response, not a complete wrong one).
     """
     try:
-        reader, writer = await _connect(mesh, timeout_s)
+        reader, writer, protocol = await _connect(mesh, timeout_s)
     except (OSError, TimeoutError) as error:
         return ForwardProblem.unreachable(error)
     try:
@@ -206,19 +336,36 @@ async def forward_http(
             lines.append(f"{name}: {value}\r\n".encode("latin-1"))
         lines.append(b"\r\n")
         writer.write(b"".join(lines))
+        # The response is read while the body is sent: a mesh that answers early (413, 404, 503) and
+        # closes gets its answer to the client instead of a broken write.
+        head = asyncio.ensure_future(_read_head(reader))
         try:
-            await _send_body(writer, receive, body, more, chunked=chunked)
-        except ClientGone:
-            return None
-        except (ConnectionError, OSError) as error:
-            return ForwardProblem.unreachable(error)
-        try:
-            async with asyncio.timeout(timeout_s):
-                status, mesh_headers = await _read_head(reader)
-        except TimeoutError:
-            return ForwardProblem.timeout(timeout_s)
-        except (MeshResponseError, ConnectionError) as error:
-            return ForwardProblem.bad_response(error)
+            send_error: OSError | None = None
+            try:
+                await _send_body(writer, receive, body, more, chunked=chunked, head=head, timeout_s=timeout_s)
+            except ClientGone:
+                return None
+            except OSError as error:  # ConnectionError, or TimeoutError: the mesh stopped reading
+                send_error = protocol.send_error or error
+            try:
+                async with asyncio.timeout(timeout_s if send_error is None else EARLY_ANSWER_WAIT_S):
+                    status, mesh_headers = await head
+                # From here a connection lost with an error breaks the response (not an EOF). Until
+                # now the end of the body may still have been in the transport's buffer.
+                protocol.sending = False
+            except (MeshResponseError, OSError) as error:  # OSError: TimeoutError, ConnectionError
+                if isinstance(send_error, TimeoutError):
+                    return ForwardProblem.body_stalled(timeout_s)
+                if send_error is not None:
+                    return ForwardProblem.send_failed(send_error)
+                if isinstance(error, TimeoutError):
+                    return ForwardProblem.timeout(timeout_s)
+                return ForwardProblem.bad_response(error)
+        finally:
+            if not head.done():
+                head.cancel()
+            elif not head.cancelled():
+                head.exception()  # retrieved: asyncio does not log it
         await send(
             {
                 "type": "http.response.start",
@@ -238,7 +385,11 @@ async def forward_http(
             raise MeshResponseError(f"the mesh's response broke off: {error!r}") from error
         return None
     finally:
-        writer.close()
+        if writer.transport.get_write_buffer_size():
+            # Body left unsent to a mesh that stopped reading: a close would wait for it forever.
+            writer.transport.abort()
+        else:
+            writer.close()
         try:
             await writer.wait_closed()
         except OSError:

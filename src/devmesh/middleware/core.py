@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import devmesh
@@ -33,6 +33,7 @@ AppT = TypeVar("AppT")
 HEALTH_PATH = "/_devmesh/health"
 ROUTES_PATH = "/_devmesh/routes"
 FORWARDED_BY_HEADER = "X-DevMesh-Forwarded-By"
+LOOP_DETECTED = 508  # RFC 5842: the request came back to where it was forwarded from
 FORWARD_TIMEOUT_S = 30.0
 CONNECT_ATTEMPTS = 2  # a refused connect is retried once: the proxy may be restarting (hot reload)
 CONNECT_RETRY_DELAY_S = 0.05
@@ -170,6 +171,7 @@ class Counters:
     mounted: int = 0
     forwarded: int = 0
     forward_failed: int = 0
+    forward_refused: int = 0  # a client outside `forward_from`, or a forwarding loop
     passed_to_app: int = 0
     answered: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -184,6 +186,7 @@ class Counters:
                 "mounted": self.mounted,
                 "forwarded": self.forwarded,
                 "forward_failed": self.forward_failed,
+                "forward_refused": self.forward_refused,
                 "passed_to_app": self.passed_to_app,
                 "answered": self.answered,
             }
@@ -202,11 +205,13 @@ class MiddlewareCore(Generic[AppT]):
         *,
         health_path: str | None,
         routes_path: str | None,
+        forward_from: ForwardFrom | None = None,
     ) -> None:
         self.settings = settings
         self.router: HostRouter[AppT] = HostRouter(hosts or {}, domain=settings.domain)
         self.health_path = health_path
         self.routes_path = routes_path
+        self.forward_from = forward_from or ForwardFrom()
         self.counters = Counters()
         self._started = time.monotonic()
 
@@ -258,6 +263,7 @@ class MiddlewareCore(Generic[AppT]):
             "mesh": settings.mesh.url if settings.mesh else None,
             "forwarded_hosts": sorted(settings.mesh_hosts) if settings.mesh else [],
             "forward_unknown": settings.forward_unknown and settings.mesh is not None,
+            "forward_from": self.forward_from.describe(),
             "requests": self.counters.as_dict(),
         }
 
@@ -272,6 +278,50 @@ class MiddlewareCore(Generic[AppT]):
         document = self.health_document() if plan.action is Action.HEALTH else self.routes_document()
         status, headers, body = json_response(200, document, extra=[("cache-control", "no-store")])
         return status, headers, b"" if method == "HEAD" else body
+
+    def refusal(self, host: str, *, peer: str | None, forwarded_by: str | None) -> LocalResponse | None:
+        """The answer instead of forwarding a FORWARD plan, or None to forward it.
+
+        `peer`: the address of the connection itself (never one from X-Forwarded-For). Only clients on
+        this machine (or in `forward_from`) reach the mesh through the app: an app listening on the
+        network must not relay other machines to the loopback proxy. `forwarded_by`: the request's
+        X-DevMesh-Forwarded-By; a middleware already forwarded it, so `mesh=` leads back to an app
+        rather than to the devmesh proxy (which delivers with its `Via`): forwarding again would loop.
+        """
+        mesh = self.settings.mesh
+        where = mesh.url if mesh else None
+        if forwarded_by:
+            return json_response(
+                LOOP_DETECTED,
+                {
+                    "error": "forwarding loop",
+                    "message": f"devmesh: {host or 'this request'} was already forwarded by "
+                    f"{forwarded_by!r} ({FORWARDED_BY_HEADER}) and reached an app with the devmesh "
+                    f"middleware again instead of the devmesh proxy: it is not forwarded a second time. "
+                    f"mesh= or DEVMESH_PROXY_URL ({where}) must be the devmesh proxy's address, not this "
+                    "app's or another app's.",
+                    "host": host,
+                    "forwarded_by": forwarded_by,
+                    "mesh": where,
+                },
+            )
+        if not self.forward_from.allows(peer):
+            return json_response(
+                403,
+                {
+                    "error": "forward refused",
+                    "message": f"devmesh: {host or 'this host'} is another service of the mesh, and this "
+                    f"request came from {peer or 'an unknown address'}, not from this machine. The "
+                    "middleware forwards to the devmesh proxy only for loopback clients, so that an app "
+                    "listening on the network does not open the mesh's local services to other machines. "
+                    "To allow more, give the middleware forward_from=['192.168.1.0/24'] (addresses or "
+                    "networks) or forward_from='any'.",
+                    "host": host,
+                    "client": peer,
+                    "forward_from": self.forward_from.describe(),
+                },
+            )
+        return None
 
     def failure_response(self, host: str, problem: ForwardProblem) -> LocalResponse:
         """502 (or 504) naming the mesh address, the host and the error, and what to check."""
@@ -321,6 +371,26 @@ class ForwardProblem:
     def bad_response(cls, error: BaseException) -> ForwardProblem:
         return cls(502, "bad response from mesh", describe(error), "See `devmesh logs` for the service.")
 
+    @classmethod
+    def send_failed(cls, error: BaseException) -> ForwardProblem:
+        """The connection broke while the request body was being sent, and no answer came."""
+        return cls(
+            502,
+            "mesh stopped reading",
+            f"the connection broke while sending the request body ({describe(error)}), with no answer",
+            "See `devmesh logs` for the service.",
+        )
+
+    @classmethod
+    def body_stalled(cls, seconds: float) -> ForwardProblem:
+        """The mesh took none of the request body for `seconds`, and did not answer."""
+        return cls(
+            504,
+            "mesh timeout",
+            f"the mesh took none of the request body for {seconds:g} s and did not answer",
+            "See `devmesh logs` for the service.",
+        )
+
 
 def describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
@@ -338,13 +408,74 @@ def json_response(
     return status, headers, body
 
 
-def is_loopback(address: str | None) -> bool:
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+ForwardFromArg: TypeAlias = str | Iterable[str] | None
+
+
+def ip_of(address: str | None) -> IPAddress | None:
+    """The IP address in a peer address as servers give it (`::1`, `[::1]`, `fe80::1%eth0`,
+    `::ffff:127.0.0.1` from a dual-stack socket: the IPv4 one), or None (a Unix socket, a name)."""
     if not address:
-        return False
+        return None
     try:
-        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+        parsed = ipaddress.ip_address(address.strip().strip("[]").split("%", 1)[0])
     except ValueError:
-        return False
+        return None
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return parsed.ipv4_mapped
+    return parsed
+
+
+def is_loopback(address: str | None) -> bool:
+    parsed = ip_of(address)
+    return parsed is not None and parsed.is_loopback
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardFrom:
+    """The clients whose requests may be forwarded to the mesh: loopback ones always, those in
+    `networks` too, or every client when `everyone`. A peer with no IP address (a Unix socket, a test
+    client's name) is not loopback: only `everyone` lets it through."""
+
+    networks: tuple[IPNetwork, ...] = ()
+    everyone: bool = False
+
+    @classmethod
+    def parse(cls, value: ForwardFromArg) -> ForwardFrom:
+        """`None` (loopback only), `"any"`, or addresses and networks: `["10.0.0.0/8", "192.168.1.20"]`
+        (a single one may be given as a string)."""
+        if value is None:
+            return cls()
+        items = [value] if isinstance(value, str) else list(value)
+        networks: list[IPNetwork] = []
+        for item in items:
+            text = item.strip().lower() if isinstance(item, str) else None
+            if text == "any":
+                return cls(everyone=True)
+            if text == "loopback":
+                continue
+            try:
+                if text is None:
+                    raise ValueError
+                networks.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"forward_from: {item!r} is not an address or a network (give e.g. "
+                    "['192.168.1.0/24', '10.0.0.5'], or 'any')"
+                ) from None
+        return cls(networks=tuple(networks))
+
+    def allows(self, peer: str | None) -> bool:
+        if self.everyone:
+            return True
+        address = ip_of(peer)
+        if address is None:
+            return False
+        return address.is_loopback or any(address in network for network in self.networks)
+
+    def describe(self) -> list[str]:
+        return ["any"] if self.everyone else ["loopback", *(str(network) for network in self.networks)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +587,7 @@ __all__ = [
     "HEALTH_PATH",
     "ROUTES_PATH",
     "Action",
+    "ForwardFrom",
     "ForwardProblem",
     "MeshAddress",
     "MeshSettings",
@@ -483,6 +615,7 @@ class HostRoutingMiddleware(Generic[AppT]):
         service: str | None = None,
         version: str | None = None,
         trust_forwarded_headers: bool = True,
+        forward_from: ForwardFromArg = None,
         health_path: str | None = HEALTH_PATH,
         routes_path: str | None = ROUTES_PATH,
         timeout: float = FORWARD_TIMEOUT_S,
@@ -506,6 +639,7 @@ class HostRoutingMiddleware(Generic[AppT]):
             ),
             health_path=health_path,
             routes_path=routes_path,
+            forward_from=ForwardFrom.parse(forward_from),
         )
         self.trust_forwarded_headers = trust_forwarded_headers
         self.timeout = timeout
