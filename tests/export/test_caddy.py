@@ -42,8 +42,14 @@ def test_reverse_proxy_balancing_retries_health_and_timeouts(model: RouteModel) 
     text = render_caddy(model, ("127.0.0.1", 8080))
     api = text[text.index("handle @api_host {") : text.index("@web_host")]
     assert "reverse_proxy 127.0.0.1:3000 {" in api
-    assert "lb_retries 2" in api and "method GET HEAD OPTIONS PUT DELETE TRACE" in api
-    assert "unhealthy_status 502 503 504" in api
+    assert "lb_retries 2" in api
+    # A reset (no status) or a 502/503/504 answer is retried, for idempotent methods only.
+    assert (
+        "lb_retry_match expression `method('GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE') && "
+        "({rp.status_code} in [502, 503, 504] || {rp.status_code} == null)`"
+    ) in api
+    # No passive health: one failed request would take the upstream out for fail_duration.
+    assert "unhealthy_status" not in text and "fail_duration" not in text and "max_fails" not in text
     assert "health_uri /health" in api and "health_interval 3s" in api and "health_fails 4" in api
     assert "dial_timeout 5s" in api and "response_header_timeout 12s" in api
     assert 'header_up +Via "1.1 devmesh"' in api
@@ -53,11 +59,11 @@ def test_remote_fallback_in_handle_errors(model: RouteModel) -> None:
     text = render_caddy(model, ("127.0.0.1", 8080))
     errors = text[text.index("\thandle_errors {") :]
     assert (
-        "@api_host_fallback {\n\t\t\thost api.localhost api\n\t\t\texpression `{err.status_code} in [502, 504]`"
+        "@api_host_fallback {\n\t\t\thost api.localhost api\n\t\t\texpression `{err.status_code} in [502, 503, 504]`"
         in errors
     )
     assert (
-        '@api_wildcard_0_fallback expression `({host}.endsWith(".tenant.localhost")) && ({err.status_code} in [502, 504])`'
+        '@api_wildcard_0_fallback expression `({host}.endsWith(".tenant.localhost")) && ({err.status_code} in [502, 503, 504])`'
         in errors
     )
     assert "reverse_proxy https://api.staging.example:8443 {" in errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -63,8 +64,11 @@ def test_timeouts_and_retries_for_idempotent_methods(model: RouteModel) -> None:
     manager = _manager(_bootstrap(model))
     docs = next(v for v in manager["route_config"]["virtual_hosts"] if v["name"] == "docs")
     action = docs["routes"][0]["route"]
-    assert action["cluster"] == "docs-local" and action["timeout"] == "12s"
+    # [proxy] timeout bounds the wait for the response head (per try), not a streamed response.
+    assert action["cluster"] == "docs-local" and action["timeout"] == "0s"
+    assert action["idle_timeout"] == "300s"
     policy = action["retry_policy"]
+    assert policy["per_try_timeout"] == "12s"
     assert policy["num_retries"] == 2 and policy["retriable_status_codes"] == [502, 503, 504]
     assert "connect-failure" in policy["retry_on"]
     method = policy["retriable_request_headers"][0]
@@ -102,3 +106,12 @@ def test_admin_is_off_unless_asked(model: RouteModel) -> None:
     assert "admin" not in _bootstrap(model)
     admin = _bootstrap(model, admin=("127.0.0.1", 9901))["admin"]
     assert admin == {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9901}}}
+
+
+def test_without_retries_the_timeout_still_bounds_only_the_response_head(model: RouteModel) -> None:
+    quiet = replace(model, retries=0, timeout_s=600.0)
+    manager = _manager(yaml.safe_load(render_envoy(quiet, ("127.0.0.1", 8080))))
+    docs = next(v for v in manager["route_config"]["virtual_hosts"] if v["name"] == "docs")
+    action = docs["routes"][0]["route"]
+    assert action["timeout"] == "0s" and action["idle_timeout"] == "600s"  # never below [proxy] timeout
+    assert action["retry_policy"] == {"num_retries": 0, "per_try_timeout": "600s"}

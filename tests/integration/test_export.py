@@ -15,7 +15,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -81,6 +83,66 @@ def websocket_backend() -> Iterator[int]:
         finally:
             server.shutdown()
             thread.join(5)
+
+
+class _Moody(BaseHTTPRequestHandler):
+    """`/once/<id>`: 503 the first time, then 200; `/fail`: always 503 (its own body); `/slowhead`: the
+    head after 3 s; `/slowbody`: the head and a first piece at once, the rest after 2.5 s; else 200."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        server = self.server
+        if self.path.startswith("/once/"):
+            with server.lock:  # type: ignore[attr-defined]
+                first = self.path not in server.seen  # type: ignore[attr-defined]
+                server.seen.add(self.path)  # type: ignore[attr-defined]
+            self._send(503 if first else 200, b"busy" if first else b"done")
+        elif self.path == "/fail":
+            self._send(503, b"the service's own 503")
+        elif self.path == "/slowhead":
+            time.sleep(3)
+            self._send(200, b"late head")
+        elif self.path == "/slowbody":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"6\r\nfirst\n\r\n")
+            self.wfile.flush()
+            time.sleep(2.5)
+            self.wfile.write(b"5\r\nlast\n\r\n0\r\n\r\n")
+        else:
+            self._send(200, b"ok")
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def moody_backend() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Moody)
+    server.daemon_threads = True
+    server.seen = set()  # type: ignore[attr-defined]
+    server.lock = threading.Lock()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def nginx_binary() -> str:
@@ -408,8 +470,54 @@ def test_caddy_export_validates_and_proxies(project: Project, tmp_path: Path) ->
             assert code == 200 and _json(body)["backend"] == "docs"
             code, _, body = http(listen, "legacy.localhost", "/old")
             assert code == 200 and _json(body)["backend"] == "docs"  # the remote fallback
+            # ...every time: a failed local upstream is not taken out for a while ("no upstreams").
+            code, _, body = http(listen, "legacy.localhost", "/again")
+            assert code == 200 and _json(body)["backend"] == "docs"
             code, _, body = http(listen, "nothing.localhost", "/")
             assert code == 404 and b"api.localhost" in body
+
+
+def _caddy_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **_env(),
+        "HOME": str(tmp_path),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+
+
+@pytest.mark.timeout(90)
+def test_caddy_retries_502_503_504_for_idempotent_methods_without_passive_ejection(
+    project: Project, tmp_path: Path
+) -> None:
+    from devmesh.config.loader import load_config
+    from devmesh.export.caddy import CaddyOptions, render_caddy
+    from devmesh.export.model import from_config
+
+    caddy = caddy_binary()
+    with moody_backend() as api:
+        project.write(f'[mesh]\nname = "edge"\n[proxy]\nretries = 1\n[services.api]\nport = {api}\n')
+        listen = free_port()
+        loaded = load_config(project.root / "devmesh.toml")
+        caddyfile = tmp_path / "Caddyfile"
+        caddyfile.write_text(
+            render_caddy(
+                from_config(loaded.config, mesh_name="edge"), ("127.0.0.1", listen), CaddyOptions(admin="off")
+            )
+        )
+        command = [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"]
+        with running(command, port=listen, log=tmp_path / "caddy.log", env=_caddy_env(tmp_path)):
+            # A GET answered 503 is tried again, as devmesh does.
+            code, _, body = http(listen, "api.localhost", "/once/a")
+            assert (code, body) == (200, b"done")
+            # A POST is not: the service's answer reaches the client as it is.
+            code, _, body = http(listen, "api.localhost", "/fail", method="POST", body=b"x")
+            assert (code, body) == (503, b"the service's own 503")
+            # That 503 did not take the only upstream out ("no upstreams available" for 10 s).
+            code, _, body = http(listen, "api.localhost", "/next")
+            assert (code, body) == (200, b"ok")
+            code, _, body = http(listen, "api.localhost", "/once/b", method="POST", body=b"x")
+            assert (code, body) == (503, b"busy")
 
 
 @pytest.mark.timeout(120)
@@ -447,6 +555,46 @@ def test_envoy_export_validates_and_proxies(project: Project, tmp_path: Path) ->
             assert code == 200 and _json(body)["backend"] == "docs"
             code, _, body = http(listen, "nothing.localhost", "/")
             assert code == 404 and b"api.localhost" in body
+
+
+@pytest.mark.timeout(120)
+def test_envoy_timeout_bounds_the_response_head_not_a_streamed_body(project: Project, tmp_path: Path) -> None:
+    envoy = envoy_binary()
+    with moody_backend() as api:
+        # No retries: Envoy would try a timed-out GET again (docs/export.md, "Differences that remain").
+        project.write(
+            f'[mesh]\nname = "edge"\n[proxy]\ntimeout = "1s"\nretries = 0\n[services.api]\nport = {api}\n'
+        )
+        listen = free_port()
+        output = tmp_path / "envoy.yaml"
+        result = devmesh(
+            "export", "envoy", "--listen", f"127.0.0.1:{listen}", "-o", str(output), cwd=project.root
+        )
+        assert result.returncode == 0, result.stderr
+        command = [
+            envoy,
+            "-c",
+            str(output),
+            "--use-dynamic-base-id",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warn",
+        ]
+        with running(command, port=listen, log=tmp_path / "envoy.log"):
+            # A response under way is not cut at [proxy] timeout (an SSE stream, a long download)...
+            code, _, body = http(listen, "api.localhost", "/slowbody")
+            assert (code, body) == (200, b"first\nlast\n")
+            # ...but a response head that does not come within it is a 504, as with devmesh.
+            connection = HTTPConnection("127.0.0.1", listen, timeout=30)
+            try:
+                started = time.monotonic()
+                connection.request("GET", "/slowhead", headers={"Host": "api.localhost"})
+                response = connection.getresponse()
+                waited = time.monotonic() - started
+                assert response.status == 504 and waited < 2.5, (response.status, waited)
+            finally:
+                connection.close()
 
 
 def test_export_usage_errors_exit_2(project: Project) -> None:

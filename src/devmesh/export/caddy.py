@@ -9,10 +9,11 @@ How devmesh's routing maps onto Caddy (routing/table.py):
 - one site on the listen address; exact host names first, then `*.name` wildcards as CEL
   `{host}.endsWith(...)` (Caddy's own `*` matches exactly one label; devmesh's any number), longest first,
   then the root host's path routes, longest first: `path /api /api/*` (a segment boundary);
-- reverse_proxy: lb_policy, lb_retries with retry_match on idempotent methods, passive health (502/503/504
-  count as failures), active health from `health.http`, dial and response-header timeouts;
+- reverse_proxy: lb_policy, lb_retries with an lb_retry_match expression (a reset or a 502/503/504
+  answer, for idempotent methods), active health from `health.http` and no passive health, dial and
+  response-header timeouts;
 - the remote fallback: the site's `handle_errors` sends a request whose local upstreams all failed (502,
-  504) to the remote, over TLS with its own name as Host and SNI;
+  504) or are all down (503) to the remote, over TLS with its own name as Host and SNI;
 - anything else: 404 with the known host names. WebSocket upgrades pass through reverse_proxy as they are.
 """
 
@@ -24,6 +25,10 @@ from dataclasses import dataclass
 from devmesh.export.model import IDEMPOTENT_METHODS, RETRY_STATUSES, VIA, RouteModel, ServiceRoutes, Upstream
 
 _TAB = "\t"
+# Caddy's own errors that send a request to the remote: 502/504, every local upstream failed this
+# request; 503, none is up ("no upstreams available": the active health check took them all out), which
+# is when devmesh turns to the remote.
+FALLBACK_STATUSES = (502, 503, 504)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +86,7 @@ def render_caddy(model: RouteModel, listen: tuple[str, int], options: CaddyOptio
             remote = entry.service.remote
             assert remote is not None
             fallback = _Entry(f"{entry.label}_fallback", entry.matcher, entry.service)
-            statuses = ", ".join(str(code) for code in (502, 504))
+            statuses = ", ".join(str(code) for code in FALLBACK_STATUSES)
             lines += _indent(_matcher(fallback, extra=f"{{err.status_code}} in [{statuses}]"), 2)
             lines.append(f"{_TAB * 2}handle @{fallback.label} {{")
             lines += _indent(list(_reverse_proxy((remote,), entry.service, model)), 3)
@@ -148,13 +153,14 @@ def _reverse_proxy(servers: tuple[Upstream, ...], service: ServiceRoutes, model:
     if len(servers) > 1:
         yield f"{_TAB}lb_policy {service.lb}"
     if model.retries:
-        # A failed connect is retried for any method; after that, idempotent methods only (as devmesh).
+        # As devmesh: a failed connect is retried for any method (Caddy always does); a reset, or an
+        # answer of 502/503/504, for idempotent methods only. `{rp.status_code}` is the upstream's
+        # status, null when none came (a transport error).
         yield f"{_TAB}lb_retries {model.retries}"
-        yield f"{_TAB}lb_retry_match {{"
-        yield f"{_TAB * 2}method {' '.join(IDEMPOTENT_METHODS)}"
-        yield f"{_TAB}}}"
-    yield f"{_TAB}fail_duration 10s"
-    yield f"{_TAB}unhealthy_status {' '.join(str(code) for code in RETRY_STATUSES)}"
+        yield f"{_TAB}lb_retry_match expression `{_retry_condition()}`"
+    # No passive health (`fail_duration`, `unhealthy_status`): with Caddy's max_fails of 1, one failed
+    # request would take an upstream out for the whole fail_duration ("no upstreams available"), where
+    # devmesh tries its endpoints on every request and takes one out only on its health check's word.
     if service.health is not None and remote is None:
         health = service.health
         yield f"{_TAB}health_uri {health.path}"
@@ -173,6 +179,12 @@ def _reverse_proxy(servers: tuple[Upstream, ...], service: ServiceRoutes, model:
         yield f"{_TAB * 2}tls_server_name {remote.server_name or remote.host}"
     yield f"{_TAB}}}"
     yield "}"
+
+
+def _retry_condition() -> str:
+    methods = ", ".join(f"'{method}'" for method in IDEMPOTENT_METHODS)
+    statuses = ", ".join(str(code) for code in RETRY_STATUSES)
+    return f"method({methods}) && ({{rp.status_code}} in [{statuses}] || {{rp.status_code}} == null)"
 
 
 def _duration(seconds: float) -> str:

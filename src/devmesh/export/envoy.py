@@ -8,8 +8,10 @@ How devmesh's routing maps onto Envoy (routing/table.py):
 - a STATIC cluster per service for its local upstreams; a remote is a STRICT_DNS cluster (STATIC for an
   address) over TLS with its name as SNI and as Host (`hostname` + `auto_host_rewrite`), and a service with
   both is an aggregate cluster: local first, the remote once outlier detection ejected the local ones;
-- retry_policy: connect failures, resets and 502/503/504, for idempotent methods; timeouts from
-  [proxy] timeout; WebSocket through `upgrade_configs`; Via and X-Forwarded-For by the connection manager.
+- retry_policy: connect failures, resets and 502/503/504, for idempotent methods; [proxy] timeout as
+  `per_try_timeout` (until the response head, as devmesh) with the route `timeout` off, so streamed
+  responses are not cut; WebSocket through `upgrade_configs`; Via and X-Forwarded-For by the connection
+  manager.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTl
 _AGGREGATE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
 _PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 _LB_POLICY = {"round_robin": "ROUND_ROBIN", "least_conn": "LEAST_REQUEST", "random": "RANDOM"}
+# How long a stream may stay silent (no byte either way) before Envoy cuts it: its own default for
+# `stream_idle_timeout`, stated on every route (devmesh itself cuts no response under way).
+STREAM_IDLE_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +139,25 @@ def _route(match: dict[str, Any], service: ServiceRoutes, model: RouteModel) -> 
     if not service.reachable:
         text = f"devmesh export: {service.name} is not available here: {service.unavailable_reason}\n"
         return {"match": match, "direct_response": {"status": 503, "body": {"inline_string": text}}}
-    action: dict[str, Any] = {"cluster": _cluster_name(service), "timeout": _duration(model.timeout_s)}
+    # [proxy] timeout bounds the wait for an upstream's response head, not the response: devmesh never
+    # cuts a response under way (SSE, a long download). Envoy's route `timeout` bounds the whole
+    # response, so it is off (0s); `per_try_timeout` is what runs only until the response starts (per
+    # try, so a retry gets its own). A stream that stays silent is cut after `idle_timeout`: Envoy's
+    # default 5 min (devmesh has none), or [proxy] timeout when that is longer.
+    action: dict[str, Any] = {
+        "cluster": _cluster_name(service),
+        "timeout": "0s",
+        "idle_timeout": _duration(max(model.timeout_s, STREAM_IDLE_TIMEOUT_S)),
+    }
     if service.remote is not None:
         action["auto_host_rewrite"] = True  # the remote's endpoint carries its name as `hostname`
+    action["retry_policy"] = {"num_retries": 0, "per_try_timeout": _duration(model.timeout_s)}
     if model.retries:
         action["retry_policy"] = {
             "retry_on": "connect-failure,reset,retriable-status-codes",
             "retriable_status_codes": list(RETRY_STATUSES),
             "num_retries": model.retries,
+            "per_try_timeout": _duration(model.timeout_s),
             "retry_host_predicate": [
                 {
                     "name": "envoy.retry_host_predicates.previous_hosts",
