@@ -121,15 +121,15 @@ def test_statuses_sessions_and_peers(db: Database) -> None:
     fleet.mark_pending(db, agents[1]["agent_id"], workspace_id, digest)
     fleet.record_status(db, agents[1]["agent_id"], digest, "rejected", "services.x: bad")
     listed = fleet.list_revisions(db, "team")
-    assert listed[0]["agents"] == [
-        {
-            "agent_id": agents[1]["agent_id"],
-            "name": "b",
-            "status": "rejected",
-            "details": "services.x: bad",
-            "time": listed[0]["agents"][0]["time"],
-        }
-    ]
+    # Every agent is pending from the moment the revision exists (a, offline, included).
+    assert sorted(
+        (s["agent_id"], s["name"], s["status"], s["details"], s["time"] > 0) for s in listed[0]["agents"]
+    ) == sorted(
+        [
+            (agents[0]["agent_id"], "a", "pending", None, True),
+            (agents[1]["agent_id"], "b", "rejected", "services.x: bad", True),
+        ]
+    )
     with pytest.raises(store.StoreError, match="is not one of applied, rejected"):
         fleet.record_status(db, agents[1]["agent_id"], digest, "maybe", None)
 
@@ -164,3 +164,66 @@ def test_bad_database_urls_say_what_to_use() -> None:
     with pytest.raises(DatabaseError, match="supports sqlite:/// and postgresql"):
         Database("mysql://x/y")
     assert Database("postgresql://u@h/d").url == "postgresql+psycopg://u@h/d"
+
+
+def test_a_password_for_an_existing_user_is_refused_unless_set_on_the_database(db: Database) -> None:
+    store.add_workspace(db, "other", actor="test")
+    # As the API does for the admin of "other": alice (admin of "team") must not change hands.
+    with pytest.raises(store.StoreError, match="user 'alice' exists already") as refused:
+        store.add_user(db, "alice", "taken-over", actor="key:x", workspace="other", may_set_password=False)
+    assert refused.value.status == 409
+    assert store.login(db, "alice", "taken-over") is None and store.login(db, "alice", "alice-password")
+    # Adding her without a password is fine; the CLI on the database may still change it.
+    assert not store.add_user(db, "alice", None, actor="key:x", workspace="other", may_set_password=False)
+    assert store.add_user(db, "bob", "bob-password", actor="key:x", workspace="other", may_set_password=False)
+    store.add_user(db, "alice", "changed-on-the-db", actor="cli:root")
+    assert store.login(db, "alice", "changed-on-the-db") is not None
+
+
+def test_a_document_applied_again_starts_a_new_rollout(db: Database) -> None:
+    agents = [
+        fleet.enroll(db, store.create_enrollment(db, "team", 60, actor="t")["token"], n, "h", "1")
+        for n in ("a", "b")
+    ]
+    a, b = (agent["agent_id"] for agent in agents)
+    first = fleet.apply_revision(db, "team", {"services": {"x": {"port": 1}}}, actor="t")["revision"]
+    for agent_id in (a, b):
+        fleet.record_status(db, agent_id, first, "applied", None)
+    second = fleet.apply_revision(db, "team", {"services": {"x": {"port": 2}}}, actor="t")["revision"]
+    fleet.record_status(db, a, second, "applied", None)
+    fleet.record_status(db, b, second, "rejected", "no")  # b keeps running the first one
+    assert fleet.apply_revision(db, "team", {"services": {"x": {"port": 1}}}, actor="t")["revision"] == first
+
+    listed = fleet.list_revisions(db, "team")
+    assert [r["revision"] for r in listed] == [first, second, first]
+    # a has not acknowledged this rollout yet; b runs that document already.
+    assert {s["name"]: s["status"] for s in listed[0]["agents"]} == {"a": "pending", "b": "applied"}
+    assert listed[2]["agents"] == []  # the statuses are the latest rollout's, listed once
+    fleet.record_status(db, a, first, "applied", None)
+    assert {s["name"]: s["status"] for s in fleet.list_revisions(db, "team")[0]["agents"]} == {
+        "a": "applied",
+        "b": "applied",
+    }
+
+
+def test_values_longer_than_their_columns_are_refused_naming_the_field(db: Database) -> None:
+    token = store.create_enrollment(db, "team", 60, actor="t")["token"]
+    with pytest.raises(store.StoreError, match="name is longer than 255") as refused:
+        fleet.enroll(db, token, "n" * 256, "h", "1")
+    assert refused.value.status == 422
+    agent = fleet.enroll(db, token, "n" * 255, "h", "1")  # the token is still unused
+    with pytest.raises(store.StoreError, match=r"revision_status\.revision is longer than 64"):
+        fleet.record_status(db, agent["agent_id"], "f" * 65, "applied", None)
+
+
+def test_database_errors_never_show_the_password() -> None:
+    from devmesh.hub.database import DatabaseError
+
+    for url in (
+        "mysql://hub:s3cret@db/hub",
+        "postgresql+psycopg://hub:s3cret@db:notaport/hub",
+        "postgresql+psycopg://hub:s3cret@127.0.0.1:1/hub",  # parses; nothing listens there
+    ):
+        with pytest.raises(DatabaseError) as failed:
+            Database(url).migrate()
+        assert "s3cret" not in str(failed.value) and "***" in str(failed.value), str(failed.value)

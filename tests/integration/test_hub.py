@@ -220,3 +220,35 @@ async def test_a_revoked_agent_is_disconnected_and_refused(hub: HubProcess) -> N
         await agent.connect()
     assert agent.close_code() == 4401
     await agent.close()
+
+
+async def test_values_longer_than_their_columns_are_refused_naming_the_field(hub: HubProcess) -> None:
+    # PostgreSQL refuses such values (DataError): they must be a 422 / a 4400, never a 500 / a crash.
+    admin = login(hub.base)
+    token = enrollment_token(hub.base, admin)
+    code, answer = api(
+        hub.base,
+        "POST",
+        "/hub/v1/enroll",
+        {"token": token, "name": "n" * 256, "hostname": "h", "version": "1"},
+    )
+    assert code == 422 and answer["detail"][0]["loc"] == ["body", "name"], answer
+    code, answer = api(
+        hub.base,
+        "POST",
+        "/hub/v1/enroll",
+        {"token": token, "name": "ok", "hostname": "h", "version": "v" * 65},
+    )
+    assert code == 422 and answer["detail"][0]["loc"] == ["body", "version"], answer
+    enrolled = enroll(hub.base, token, "n" * 255)  # the token was not spent by the refusals
+    agent = ProtoAgent(hub.ws_url, enrolled["agent_id"], enrolled["credential"], "n" * 255, revision="f" * 65)
+    with pytest.raises(AssertionError, match="session ended"):
+        await agent.connect()
+    assert agent.close_code() == 4400
+    assert agent.connection is not None and "hello.revision" in (agent.connection.close_reason or "")
+    await agent.close()
+    agent.revision = None
+    assert (await agent.connect())["workspace"] == WORKSPACE
+    await agent.close()
+    listed = api(hub.base, "GET", f"/hub/v1/workspaces/{WORKSPACE}/agents", token=admin)[1]
+    assert [a["name"] for a in listed] == ["n" * 128]

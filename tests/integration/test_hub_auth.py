@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.kit import WORKSPACE, HubProcess, api, bootstrap, login
+from hub.kit import ADMIN, WORKSPACE, HubProcess, api, bootstrap, cli, login
 from support import wait_for
 
 VALUES = {"workspace": WORKSPACE, "agent_id": "0" * 32, "token_id": "1", "key_id": "1"}
@@ -81,3 +81,37 @@ def test_a_viewer_cannot_write_and_an_outsider_sees_nothing(hub: HubProcess) -> 
     )
     audit = api(hub.base, "GET", f"/hub/v1/workspaces/{WORKSPACE}/audit", token=admin)[1]
     assert [e["action"] for e in audit][:3] == ["key.revoke", "member.set", "user.create"]
+
+
+def test_an_admin_of_one_workspace_cannot_take_over_a_user_of_another(hub: HubProcess) -> None:
+    # mallory is admin of her own workspace "other" only (as an operator would set up on the database).
+    done = cli(
+        "hub", "user", "add", "mallory", "--workspace", "other", "--role", "admin", "--password-stdin",
+        "--db", hub.db_url, cwd=hub.cwd, stdin="mallory-password\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    mallory = login(hub.base, "mallory", "mallory-password")
+    code, key = api(
+        hub.base, "POST", "/hub/v1/workspaces/other/keys", {"name": "k", "role": "admin"}, mallory
+    )
+    assert code == 201
+    for credential in (mallory, key["key"]):
+        code, answer = api(
+            hub.base,
+            "POST",
+            "/hub/v1/workspaces/other/members",
+            {"username": ADMIN, "role": "viewer", "password": "taken-over-1"},
+            credential,
+        )
+        assert code == 409 and "exists already" in answer["detail"], answer
+    code, _ = api(hub.base, "POST", "/hub/v1/login", {"username": ADMIN, "password": "taken-over-1"})
+    assert code == 401
+    login(hub.base)  # the admin of "team" keeps their password
+    # Adding an existing user without a password is what the API is for.
+    code, answer = api(
+        hub.base, "POST", "/hub/v1/workspaces/other/members", {"username": ADMIN, "role": "viewer"}, mallory
+    )
+    assert code == 201 and answer["created"] is False
+    assert "member.set" in [
+        e["action"] for e in api(hub.base, "GET", "/hub/v1/workspaces/other/audit", token=mallory)[1]
+    ]

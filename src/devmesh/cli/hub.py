@@ -150,7 +150,8 @@ def workspace_add(name: str, db_url: str | None) -> None:
 
 @hub.group("user")
 def user_group() -> None:
-    """People, managed directly on the hub's database (admins also can through the API)."""
+    """People, managed directly on the hub's database (admins also can through the API, except
+    changing an existing user's password: that is done here only)."""
 
 
 def _read_password(from_stdin: bool, confirm: bool) -> str:

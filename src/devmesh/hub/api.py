@@ -30,9 +30,17 @@ class HubContext:
     secret: str
 
 
+# Every string the API takes has a bound at the edge: a value longer than its column is a 422 naming
+# the field, not a database error. Names and versions are one line of printable text.
+_TEXT = r"^[^\x00-\x1f\x7f]*$"
+NAME_MAX = 64
+PASSWORD_MAX = 1024
+SECRET_MAX = 256
+
+
 class LoginBody(BaseModel):
-    username: str = ""
-    password: str = ""
+    username: str = Field(default="", max_length=NAME_MAX)
+    password: str = Field(default="", max_length=PASSWORD_MAX)
 
 
 class LoginAnswer(BaseModel):
@@ -41,10 +49,10 @@ class LoginAnswer(BaseModel):
 
 
 class EnrollBody(BaseModel):
-    token: str = ""
-    name: str = ""
-    hostname: str = ""
-    version: str = ""
+    token: str = Field(default="", max_length=SECRET_MAX)
+    name: str = Field(default="", max_length=limits.AGENT_NAME_MAX, pattern=_TEXT)
+    hostname: str = Field(default="", max_length=limits.HOSTNAME_MAX, pattern=_TEXT)
+    version: str = Field(default="", max_length=limits.VERSION_MAX, pattern=_TEXT)
 
 
 class EnrollAnswer(BaseModel):
@@ -62,14 +70,18 @@ class RevisionBody(BaseModel):
 
 
 class KeyBody(BaseModel):
-    name: str
-    role: str = "editor"
+    name: str = Field(max_length=NAME_MAX)
+    role: str = Field(default="editor", max_length=16)
 
 
 class MemberBody(BaseModel):
-    username: str
-    role: str = "viewer"
-    password: str | None = None
+    username: str = Field(max_length=NAME_MAX)
+    role: str = Field(default="viewer", max_length=16)
+    password: str | None = Field(
+        default=None,
+        max_length=PASSWORD_MAX,
+        description="Only for a new user: an existing user's password is not changed here (409).",
+    )
 
 
 def _context(request: Request) -> HubContext:
@@ -249,7 +261,8 @@ def audit(
 def set_member(
     request: Request, caller: Admin, workspace: str, body: MemberBody | None = None
 ) -> dict[str, Any]:
-    """Give a user (created if new: then a password is needed) a role in the workspace."""
+    """Give a user a role in the workspace. A new user needs a password; an existing one is added
+    without (users are hub-wide: a password for an existing user is refused with 409)."""
     context = _context(request)
     if body is None:
         raise HTTPException(422, 'the body must be {"username": ..., "role": ...}')
@@ -261,6 +274,7 @@ def set_member(
         actor=caller.actor,
         workspace=workspace,
         role=body.role,
+        may_set_password=False,
     )
     return {"username": body.username, "role": body.role, "created": created}
 

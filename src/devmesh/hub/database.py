@@ -60,6 +60,17 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def masked_url(url: str) -> str:
+    """`url` fit for messages and logs: its password (if any) shown as ***, even if it does not parse."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        scheme, separator, rest = url.rpartition("://")
+        if "@" in rest:  # whoever and whatever comes before the host
+            rest = "***@" + rest.rpartition("@")[2]
+        return scheme + separator + rest
+
+
 def libpq_url(url: str) -> str:
     """The same database as a URL psycopg itself accepts (for the LISTEN connection)."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -72,13 +83,16 @@ class Database:
         self.url = normalize_url(url)
         try:
             parsed = make_url(self.url)
-        except Exception as error:
+        except Exception:
             raise DatabaseError(
-                f"--db {url!r} is not a database URL (use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
-            ) from error
+                f"--db {masked_url(url)!r} is not a database URL (use sqlite:///PATH or "
+                "postgresql+psycopg://USER@HOST/DB)"
+            ) from None  # the parser's own message may quote the URL, password included
         self.is_postgres = parsed.get_backend_name() == "postgresql"
         if not self.is_postgres and parsed.get_backend_name() != "sqlite":
-            raise DatabaseError(f"--db {url!r}: the hub supports sqlite:/// and postgresql+psycopg:// URLs")
+            raise DatabaseError(
+                f"--db {masked_url(url)!r}: the hub supports sqlite:/// and postgresql+psycopg:// URLs"
+            )
         self.engine: Engine = _make_engine(self.url, sqlite=not self.is_postgres)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.listener: Callable[[Event], None] | None = None
@@ -102,7 +116,7 @@ class Database:
             raise DatabaseError(f"cannot migrate the hub database {self.safe_url()}: {error}") from error
 
     def safe_url(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+        return masked_url(self.url)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

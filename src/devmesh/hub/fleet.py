@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, delete, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from devmesh.hub import limits, security
@@ -20,6 +20,20 @@ from devmesh.hub.store import StoreError, audit, find_workspace
 
 DOCUMENT_KEYS = ("services", "faults", "scenarios")
 STATUSES = ("applied", "rejected")
+
+
+class AgentRevoked(StoreError):
+    """The agent's credential was revoked (its session closes with 4401)."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"agent {agent_id!r} was revoked", 401)
+
+
+def check_text(field: str, value: str | None, longest: int) -> str | None:
+    """A string from an agent, bounded before it reaches a column (PostgreSQL refuses longer ones)."""
+    if value is not None and len(value) > longest:
+        raise StoreError(f"{field} is longer than {longest} characters", 422)
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +81,9 @@ def is_online(agent: Agent, now: float) -> bool:
 
 def enroll(db: Database, token: str, name: str, hostname: str, version: str) -> dict[str, str]:
     """Exchange a one-time token for an agent credential; StoreError(401) for a bad token."""
+    check_text("name", name, limits.AGENT_NAME_MAX)
+    check_text("hostname", hostname, limits.HOSTNAME_MAX)
+    check_text("version", version, limits.VERSION_MAX)
     now = time.time()
     credential = security.new_credential()
     with db.transaction() as session:
@@ -102,8 +119,8 @@ def enroll(db: Database, token: str, name: str, hostname: str, version: str) -> 
                 id=agent_id,
                 workspace_id=row.workspace_id,
                 name=name[:128] or "agent",
-                hostname=hostname[:255],
-                version=version[:64],
+                hostname=hostname,
+                version=version,
                 credential_hash=security.digest(credential),
                 created=now,
                 online=False,
@@ -166,10 +183,17 @@ def hello(
     revision: str | None,
     catalog: Any,
 ) -> None:
+    """The session said hello: it holds the agent now. AgentRevoked if the agent was revoked, even
+    between the credential check and this (that revocation's event reached no session of it)."""
+    check_text("hello.name", name, limits.AGENT_NAME_MAX)
+    check_text("hello.version", version, limits.VERSION_MAX)
+    check_text("hello.revision", revision, limits.REVISION_MAX)
     with db.transaction() as session:
-        agent = _agent(session, agent_id)
+        agent = _agent(session, agent_id, lock=True)
+        if agent.revoked:
+            raise AgentRevoked(agent_id)
         agent.name = name[:128] or agent.name
-        agent.version = version[:64]
+        agent.version = version
         agent.revision = revision
         agent.catalog = catalog if isinstance(catalog, dict) else None
         agent.online = True
@@ -179,9 +203,13 @@ def hello(
 
 
 def heartbeat(db: Database, agent_id: str, session_id: str, revision: str | None) -> bool:
-    """Update last_seen; False when another session took the agent over (this one should close)."""
+    """Update last_seen; False when another session took the agent over (this one should close),
+    AgentRevoked when the agent was revoked (whether or not this session heard the event)."""
+    check_text("heartbeat.revision", revision, limits.REVISION_MAX)
     with db.transaction() as session:
         agent = _agent(session, agent_id)
+        if agent.revoked:
+            raise AgentRevoked(agent_id)
         if agent.session != session_id:
             return False
         stale = not is_online(agent, time.time())
@@ -260,7 +288,11 @@ def list_agents(db: Database, workspace: str) -> list[dict[str, Any]]:
 
 
 def apply_revision(db: Database, workspace: str, document: Any, *, actor: str) -> dict[str, Any]:
-    """Make `document` the workspace's current revision (unchanged if it already is)."""
+    """Make `document` the workspace's current revision (unchanged if it already is).
+
+    In the same transaction every agent of the workspace gets its status for this rollout: pending,
+    or applied for an agent that runs this document already (applied again after another: A, B, A).
+    Two statements whatever the number of agents; sessions then only push the document."""
     check_document(document)
     digest = canonical_hash(document)
     with db.transaction() as session:
@@ -270,11 +302,35 @@ def apply_revision(db: Database, workspace: str, document: Any, *, actor: str) -
             return {"revision": digest, "created": False, "workspace": workspace}
         row = Revision(workspace_id=ws.id, hash=digest, document=document, author=actor, created=time.time())
         session.add(row)
+        _start_rollout(session, ws.id, digest)
         audit(
             session, actor, "revision.apply", digest, workspace_id=ws.id, details={"keys": sorted(document)}
         )
         emit(session, "revision", ws.id)
         return {"revision": digest, "created": True, "workspace": workspace}
+
+
+def _start_rollout(session: Session, workspace_id: int, digest: str) -> None:
+    """Replace the statuses an earlier rollout of `digest` left by this rollout's."""
+    session.execute(
+        delete(RevisionStatus).where(
+            RevisionStatus.workspace_id == workspace_id, RevisionStatus.revision_hash == digest
+        )
+    )
+    runs_it = Agent.revision == digest
+    session.execute(
+        insert(RevisionStatus).from_select(
+            ["workspace_id", "agent_id", "revision_hash", "status", "details", "time"],
+            select(
+                literal(workspace_id),
+                Agent.id,
+                literal(digest),
+                case((runs_it, literal("applied")), else_=literal("pending")),
+                literal(None),
+                literal(time.time()),
+            ).where(Agent.workspace_id == workspace_id, Agent.revoked.is_(False)),
+        )
+    )
 
 
 def current_revision(db: Database, workspace_id: int) -> tuple[str, dict[str, Any]] | None:
@@ -284,6 +340,7 @@ def current_revision(db: Database, workspace_id: int) -> tuple[str, dict[str, An
 
 
 def mark_pending(db: Database, agent_id: str, workspace_id: int, revision: str) -> None:
+    """A session (re)sends `revision` to its agent when it connects: pending until it answers."""
     with db.transaction() as session:
         row = session.scalar(
             select(RevisionStatus).where(
@@ -301,11 +358,14 @@ def mark_pending(db: Database, agent_id: str, workspace_id: int, revision: str) 
                     time=time.time(),
                 )
             )
+        elif row.status != "pending":
+            row.status, row.details, row.time = "pending", None, time.time()
 
 
 def record_status(db: Database, agent_id: str, revision: str, status: str, details: str | None) -> None:
     if status not in STATUSES:
         raise StoreError(f"revision_status status {status!r} is not one of {', '.join(STATUSES)}", 422)
+    check_text("revision_status.revision", revision, limits.REVISION_MAX)
     with db.transaction() as session:
         agent = _agent(session, agent_id)
         row = session.scalar(
@@ -332,12 +392,17 @@ def record_status(db: Database, agent_id: str, revision: str, status: str, detai
 
 
 def list_revisions(db: Database, workspace: str, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest first. Statuses are per document (agents answer with its hash): a document applied
+    again lists them under its newest row, where they describe the latest rollout."""
     with db.sessions() as session:
         ws = find_workspace(session, workspace)
         rows = session.scalars(
             select(Revision).where(Revision.workspace_id == ws.id).order_by(Revision.id.desc()).limit(limit)
         ).all()
         names = {a.id: a.name for a in session.scalars(select(Agent).where(Agent.workspace_id == ws.id))}
+        newest: dict[str, int] = {}
+        for r in rows:
+            newest.setdefault(r.hash, r.id)
         statuses: dict[str, list[dict[str, Any]]] = {}
         for status in session.scalars(
             select(RevisionStatus)
@@ -362,7 +427,7 @@ def list_revisions(db: Database, workspace: str, limit: int = 50) -> list[dict[s
                 "author": r.author,
                 "created": r.created,
                 "document": r.document,
-                "agents": statuses.get(r.hash, []),
+                "agents": statuses.get(r.hash, []) if newest[r.hash] == r.id else [],
             }
             for index, r in enumerate(rows)
         ]
@@ -374,8 +439,8 @@ def _current(session: Session, workspace_id: int) -> Revision | None:
     )
 
 
-def _agent(session: Session, agent_id: str) -> Agent:
-    agent = session.get(Agent, agent_id)
+def _agent(session: Session, agent_id: str, *, lock: bool = False) -> Agent:
+    agent = session.get(Agent, agent_id, with_for_update=lock)
     if agent is None:
         raise StoreError(f"no agent {agent_id!r}", 404)
     return agent

@@ -15,3 +15,7 @@ LISTEN_RETRY_INITIAL_S = 0.2
 LISTEN_RETRY_MAX_S = 5.0
 SWEEP_INTERVAL_S = HEARTBEAT_S  # how often each replica looks for agents that went stale elsewhere
 NOTIFY_CHANNEL = "devmesh_hub"
+AGENT_NAME_MAX = 255  # enroll and hello: stored cut to 128 characters, audited in full
+HOSTNAME_MAX = 255
+VERSION_MAX = 64
+REVISION_MAX = 64  # a revision is named by its SHA-256 in hex

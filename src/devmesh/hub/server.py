@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, WebSocket
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy.exc import DataError, IntegrityError
 
 from devmesh.hub import fleet, limits
 from devmesh.hub.api import HubContext, router
@@ -61,6 +62,18 @@ def create_app(db: Database, *, secret_file: Path | None = None) -> FastAPI:
     app.state.hub = HubContext(db=db, secret=jwt_secret(db, secret_file))
     app.state.registry = registry
     app.include_router(router)
+
+    # The API bounds what it takes (422 naming the field); these answer what slips through anyway
+    # (a value the database refuses, two requests creating the same row) instead of a bare 500.
+    @app.exception_handler(DataError)
+    async def refused_value(_request: Request, error: DataError) -> JSONResponse:
+        log.warning("the database refused a value: %s", error.orig)
+        return JSONResponse({"detail": "a value in the request is not valid for the hub's database"}, 422)
+
+    @app.exception_handler(IntegrityError)
+    async def conflict(_request: Request, error: IntegrityError) -> JSONResponse:
+        log.warning("conflicting change: %s", error.orig)
+        return JSONResponse({"detail": "a concurrent change made this one conflict: try again"}, 409)
 
     @app.websocket("/hub/v1/agent/session")
     async def agent_session(websocket: WebSocket) -> None:

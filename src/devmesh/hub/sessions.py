@@ -1,8 +1,9 @@
 """Agent sessions over WebSocket (the wire contract in docs/hub.md) and the events that reach them.
 
 Each hub process keeps its own sessions in memory (`SessionRegistry`). Changes arrive as events: from
-this process after a SQLite commit, or from PostgreSQL LISTEN for every replica. A session reacts by
-reading the database (the truth shared by the replicas) and sending what differs from what it sent.
+this process after a SQLite commit, or from PostgreSQL LISTEN for every replica. The registry reads the
+database (the truth shared by the replicas) once per event and workspace, and each session sends what
+differs from what it sent.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from devmesh.hub import fleet, limits
 from devmesh.hub.database import Database, Event
+from devmesh.hub.store import StoreError
 
 log = logging.getLogger("devmesh.hub")
 
@@ -25,6 +30,23 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_TIMEOUT = 4408
 CLOSE_REPLACED = 4409
+CLOSE_INTERNAL = 1011
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """A workspace's current revision as read once for all its sessions: `fields` is the JSON of the
+    message's revision and document, encoded once (a document may be up to 1 MiB)."""
+
+    digest: str
+    fields: str
+
+    @classmethod
+    def of(cls, current: tuple[str, dict[str, Any]] | None) -> Pushed | None:
+        if current is None:
+            return None
+        digest, document = current
+        return cls(digest, json.dumps({"revision": digest, "document": document})[1:-1])
 
 
 class ProtocolError(Exception):
@@ -50,10 +72,13 @@ class AgentSession:
         self._peers: list[dict[str, Any]] | None = None
         self._pending: set[str] = set()
 
-    async def send(self, kind: str, **fields: Any) -> None:
+    async def send(self, kind: str, encoded: str = "", **fields: Any) -> None:
+        """Send a message; `encoded` is more of its fields as JSON already (without the braces)."""
         async with self._send_lock:
             self._seq += 1
             text = json.dumps({"type": kind, "seq": self._seq, **fields})
+            if encoded:
+                text = f"{text[:-1]}, {encoded}}}"
             await asyncio.wait_for(self.websocket.send_text(text), limits.SEND_TIMEOUT_S)
 
     def notify(self, kind: str) -> None:
@@ -70,8 +95,13 @@ class AgentSession:
             raise ProtocolError(f"the first message must be hello, not {hello.get('type')!r}")
         if hello.get("agent_id") not in (None, self.identity.agent_id):
             raise ProtocolError("hello.agent_id is not the agent this credential belongs to")
+        for key in ("name", "version", "revision"):
+            if hello.get(key) is not None and not isinstance(hello[key], str):
+                raise ProtocolError(f"hello.{key} must be a string")
         revision = hello.get("revision")
         self._applied = revision if isinstance(revision, str) else None
+        # Registered before this: a revocation from now on reaches the session as an event; one that
+        # came earlier makes hello raise AgentRevoked.
         await asyncio.to_thread(
             fleet.hello,
             self.db,
@@ -90,7 +120,7 @@ class AgentSession:
             heartbeat_s=limits.HEARTBEAT_S,
             revision=current[0] if current else None,
         )
-        await self._push_revision(current)
+        await self._push_revision(Pushed.of(current), mark_pending=True)
         await self._push_peers()
         reader = asyncio.create_task(self._read_loop())
         writer = asyncio.create_task(self._write_loop())
@@ -170,8 +200,9 @@ class AgentSession:
             kind = await self.events.get()
             self._pending.discard(kind)
             if kind == "revision":
+                # Every agent of the workspace was marked pending with the revision itself.
                 await self._push_revision(
-                    await asyncio.to_thread(fleet.current_revision, self.db, self.identity.workspace_id)
+                    await self.registry.workspace_revision(self.db, self.identity.workspace_id)
                 )
             elif kind == "peers":
                 await self._push_peers()
@@ -181,17 +212,19 @@ class AgentSession:
                 await self.close(CLOSE_UNAUTHORIZED, "this agent's credential was revoked")
                 return
 
-    async def _push_revision(self, current: tuple[str, dict[str, Any]] | None) -> None:
-        if current is None:
+    async def _push_revision(self, current: Pushed | None, *, mark_pending: bool = False) -> None:
+        if current is None or current.digest in (self._applied, self._pushed):
             return
-        digest, document = current
-        if digest in (self._applied, self._pushed):
-            return
-        self._pushed = digest
-        await asyncio.to_thread(
-            fleet.mark_pending, self.db, self.identity.agent_id, self.identity.workspace_id, digest
-        )
-        await self.send("revision", revision=digest, document=document)
+        self._pushed = current.digest
+        if mark_pending:
+            await asyncio.to_thread(
+                fleet.mark_pending,
+                self.db,
+                self.identity.agent_id,
+                self.identity.workspace_id,
+                current.digest,
+            )
+        await self.send("revision", current.fields)
 
     async def _push_peers(self) -> None:
         everyone = await self.registry.workspace_peers(self.db, self.identity.workspace_id)
@@ -207,10 +240,11 @@ class SessionRegistry:
     def __init__(self) -> None:
         self._by_workspace: dict[int, set[AgentSession]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        # The online agents of a workspace, read once per change for all its sessions (not once each).
-        self._peer_versions: dict[int, int] = {}
-        self._peer_cache: dict[int, tuple[int, list[dict[str, Any]]]] = {}
-        self._peer_locks: dict[int, asyncio.Lock] = {}
+        # What a workspace's sessions all need (its online agents, its current revision), read once
+        # per change for all of them (not once each): (kind, workspace) -> version, cached value, lock.
+        self._versions: dict[tuple[str, int], int] = {}
+        self._cache: dict[tuple[str, int], tuple[int, Any]] = {}
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -224,8 +258,9 @@ class SessionRegistry:
             sessions.discard(session)
             if not sessions:
                 del self._by_workspace[session.identity.workspace_id]
-                for table in (self._peer_versions, self._peer_cache, self._peer_locks):
-                    table.pop(session.identity.workspace_id, None)
+                for kind in ("peers", "revision"):
+                    for table in (self._versions, self._cache, self._locks):
+                        table.pop((kind, session.identity.workspace_id), None)
 
     def count(self) -> int:
         return sum(len(sessions) for sessions in self._by_workspace.values())
@@ -235,14 +270,30 @@ class SessionRegistry:
 
     async def workspace_peers(self, db: Database, workspace_id: int) -> list[dict[str, Any]]:
         """Every online agent of the workspace, re-read only after a "peers" event."""
-        lock = self._peer_locks.setdefault(workspace_id, asyncio.Lock())
+        found: list[dict[str, Any]] = await self._read_once(
+            "peers", workspace_id, lambda: asyncio.to_thread(fleet.peers, db, workspace_id, exclude="")
+        )
+        return found
+
+    async def workspace_revision(self, db: Database, workspace_id: int) -> Pushed | None:
+        """The workspace's current revision, re-read only after a "revision" event."""
+
+        async def read() -> Pushed | None:
+            return Pushed.of(await asyncio.to_thread(fleet.current_revision, db, workspace_id))
+
+        found: Pushed | None = await self._read_once("revision", workspace_id, read)
+        return found
+
+    async def _read_once(self, kind: str, workspace_id: int, read: Callable[[], Awaitable[Any]]) -> Any:
+        key = (kind, workspace_id)
+        lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            version = self._peer_versions.get(workspace_id, 0)
-            cached = self._peer_cache.get(workspace_id)
+            version = self._versions.get(key, 0)
+            cached = self._cache.get(key)
             if cached is not None and cached[0] == version:
                 return cached[1]
-            found = await asyncio.to_thread(fleet.peers, db, workspace_id, exclude="")
-            self._peer_cache[workspace_id] = (version, found)
+            found = await read()
+            self._cache[key] = (version, found)
             return found
 
     def publish(self, event: Event) -> None:
@@ -260,8 +311,9 @@ class SessionRegistry:
             loop.call_soon_threadsafe(self._deliver, event)
 
     def _deliver(self, event: Event) -> None:
-        if event.kind == "peers":
-            self._peer_versions[event.workspace_id] = self._peer_versions.get(event.workspace_id, 0) + 1
+        if event.kind in ("peers", "revision"):
+            key = (event.kind, event.workspace_id)
+            self._versions[key] = self._versions.get(key, 0) + 1
         for session in list(self._by_workspace.get(event.workspace_id, ())):
             session.notify(event.kind)
 
@@ -285,9 +337,25 @@ async def serve_session(websocket: WebSocket, db: Database, registry: SessionReg
         await session.close(
             CLOSE_BAD_MESSAGE if "nothing received" not in str(error) else CLOSE_TIMEOUT, str(error)
         )
+    except fleet.AgentRevoked:
+        await session.close(CLOSE_UNAUTHORIZED, "this agent's credential was revoked")
+    except StoreError as error:  # a value out of bounds (422), the agent gone (404)
+        log.warning("agent %s: %s", identity.agent_id, error)
+        await session.close(
+            CLOSE_UNAUTHORIZED if error.status in (401, 404) else CLOSE_BAD_MESSAGE, str(error)
+        )
+    except DataError as error:  # a value the database refuses that no check foresaw
+        log.warning("agent %s: the database refused a value: %s", identity.agent_id, error.orig)
+        await session.close(CLOSE_BAD_MESSAGE, "a message holds a value the hub cannot store")
+    except SQLAlchemyError as error:
+        log.error("agent %s: database error: %s", identity.agent_id, error)
+        await session.close(CLOSE_INTERNAL, "the hub cannot reach its database; reconnect later")
     except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
         pass
     finally:
         registry.remove(session)
-        await session.finish()
+        try:
+            await session.finish()
+        except SQLAlchemyError as error:  # offline anyway once last_seen is stale
+            log.error("agent %s: cannot record the end of its session: %s", identity.agent_id, error)
         await session.close(1000)

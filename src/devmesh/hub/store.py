@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from devmesh.hub import limits, security
@@ -110,8 +112,14 @@ def jwt_secret(db: Database, secret_file: Path | None = None) -> str:
         found = session.get(Setting, SECRET_KEY)
         if found is not None:
             return found.value
-        session.add(Setting(key=SECRET_KEY, value=security.new_secret()))
-    with db.transaction() as session:  # a replica may have won the race: read what was kept
+        # Replicas starting together on a fresh database all get here: the first insert wins and the
+        # others' do nothing (no IntegrityError), then everyone reads the one that was kept.
+        values = {"key": SECRET_KEY, "value": security.new_secret()}
+        if db.is_postgres:
+            session.execute(postgres_insert(Setting).values(values).on_conflict_do_nothing())
+        else:
+            session.execute(sqlite_insert(Setting).values(values).on_conflict_do_nothing())
+    with db.transaction() as session:
         kept = session.get(Setting, SECRET_KEY)
         assert kept is not None
         return kept.value
@@ -155,8 +163,12 @@ def add_user(
     workspace: str | None = None,
     role: str | None = None,
     create_workspace: bool = False,
+    may_set_password: bool = True,
 ) -> bool:
-    """Create the user (or change its password) and give it `role` in `workspace`; True if created."""
+    """Create the user (or change its password) and give it `role` in `workspace`; True if created.
+
+    Users are hub-wide: through the API (`may_set_password=False`) a password is for a new user only,
+    else the admin of one workspace could take over an account that is admin of another."""
     check_name("user", username)
     if role is not None:
         check_role(role)
@@ -183,6 +195,13 @@ def add_user(
             session.add(user)
             session.flush()
             audit(session, actor, "user.create", username, workspace_id=ws.id if ws else None)
+        elif password and not may_set_password:
+            raise StoreError(
+                f"user {username!r} exists already: a password can only be given to a new user; add an "
+                "existing user without one (its password is changed with `devmesh hub user add` on the "
+                "hub's database)",
+                409,
+            )
         elif password:
             user.password_hash = security.hash_password(password)
             audit(session, actor, "user.password", username, workspace_id=ws.id if ws else None)
