@@ -3,6 +3,7 @@ and the fan-out that a hub in a child process cannot show deterministically."""
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -13,8 +14,9 @@ import pytest
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.websockets import WebSocketDisconnect
 
-from devmesh.hub import fleet, store
+from devmesh.hub import fleet, limits, store
 from devmesh.hub.database import Database
+from devmesh.hub.models import Agent, AuditEntry
 from devmesh.hub.server import create_app
 
 with warnings.catch_warnings():
@@ -73,6 +75,17 @@ def closed_before_an_ack(ws: WebSocketTestSession) -> WebSocketDisconnect:
     return closed.value
 
 
+def closed_soon(ws: WebSocketTestSession, within_s: float = 10) -> WebSocketDisconnect:
+    """The session closes within `within_s` (asked for acks meanwhile, so the wait never blocks)."""
+    deadline = time.monotonic() + within_s
+    with pytest.raises(WebSocketDisconnect) as closed:
+        while time.monotonic() < deadline:
+            ws.send_json({"type": "ping", "seq": 99})
+            receive_until(ws, "ack")
+            time.sleep(0.02)
+    return closed.value
+
+
 def receive_until(ws: WebSocketTestSession, kind: str) -> dict[str, Any]:
     while True:
         message: dict[str, Any] = ws.receive_json()
@@ -100,8 +113,9 @@ def test_a_revocation_between_the_credential_check_and_the_registration_is_not_m
 
 
 def test_a_heartbeat_of_a_revoked_agent_closes_its_session_even_if_the_event_was_lost(
-    db: Database, client: TestClient
+    db: Database, client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(limits, "HEARTBEAT_FLUSH_S", 0.05)
     agent = enrolled(db, "stolen")
     with ExitStack() as stack:
         ws = open_session(client, agent, stack)
@@ -111,7 +125,7 @@ def test_a_heartbeat_of_a_revoked_agent_closes_its_session_even_if_the_event_was
         fleet.revoke_agent(db, "team", agent["agent_id"], actor="test")
         db.listener = listener
         ws.send_json({"type": "heartbeat", "seq": 2, "revision": None})
-        assert closed_before_an_ack(ws).code == 4401
+        assert closed_soon(ws).code == 4401  # at the flush of that heartbeat
 
 
 @pytest.mark.parametrize(
@@ -210,3 +224,162 @@ def test_a_database_error_in_a_session_closes_it_with_a_code(
         monkeypatch.setattr(fleet, "set_catalog", refused)
         ws.send_json({"type": "catalog", "seq": 2, "catalog": {"services": [], "mesh": None}})
         assert closed_before_an_ack(ws).code == code
+
+
+def agent_row(db: Database, agent_id: str) -> Agent:
+    with db.sessions() as session:
+        found = session.get(Agent, agent_id)
+        assert found is not None
+        return found
+
+
+def test_heartbeats_are_written_together_not_one_transaction_each(
+    db: Database, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "HEARTBEAT_FLUSH_S", 0.3)
+    flushed: list[int] = []
+    original = fleet.flush_heartbeats
+
+    def counted(database: Database, beats: list[fleet.Beat]) -> dict[str, str]:
+        flushed.append(len(beats))
+        return original(database, beats)
+
+    monkeypatch.setattr(fleet, "flush_heartbeats", counted)
+    agents = [enrolled(db, f"agent-{i}") for i in range(3)]
+    with ExitStack() as stack:
+        sessions = []
+        for agent in agents:
+            ws = open_session(client, agent, stack)
+            hello(ws, agent)
+            receive_until(ws, "welcome")
+            sessions.append(ws)
+        hello_seen = agent_row(db, agents[0]["agent_id"]).last_seen
+        assert hello_seen is not None
+        for seq in range(2, 12):
+            for ws in sessions:
+                ws.send_json({"type": "heartbeat", "seq": seq, "revision": f"r{seq}"})
+        for ws in sessions:  # every heartbeat was read once the pings after them are answered
+            ws.send_json({"type": "ping", "seq": 50})
+            receive_until(ws, "ack")
+        deadline = time.monotonic() + 10
+        while agent_row(db, agents[2]["agent_id"]).revision != "r11" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rows = [agent_row(db, agent["agent_id"]) for agent in agents]
+        assert [row.revision for row in rows] == ["r11"] * 3
+        assert all(row.online and (row.last_seen or 0) > hello_seen for row in rows)
+        # 30 heartbeats, a few flushes of at most 3 agents (the last heartbeat of each session).
+        assert sum(flushed) <= 6 and max(flushed) <= 3
+
+
+def test_a_closing_session_writes_its_last_heartbeat_at_once(
+    db: Database, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "HEARTBEAT_FLUSH_S", 3600.0)
+    agent = enrolled(db, "leaving")
+    with ExitStack() as stack:
+        ws = open_session(client, agent, stack)
+        hello(ws, agent)
+        receive_until(ws, "welcome")
+        hello_seen = agent_row(db, agent["agent_id"]).last_seen
+        time.sleep(0.01)
+        ws.send_json({"type": "heartbeat", "seq": 2, "revision": "abc"})
+        ws.send_json({"type": "ping", "seq": 3})
+        receive_until(ws, "ack")
+        assert agent_row(db, agent["agent_id"]).revision is None  # not written yet
+        ws.send_text("not json")  # the hub ends the session (4400)
+        with pytest.raises(WebSocketDisconnect):
+            receive_until(ws, "ack")
+        deadline = time.monotonic() + 10
+        while agent_row(db, agent["agent_id"]).online and time.monotonic() < deadline:
+            time.sleep(0.02)
+        row = agent_row(db, agent["agent_id"])
+    assert not row.online and row.revision == "abc" and (row.last_seen or 0) > (hello_seen or 0)
+
+
+def test_an_older_session_is_closed_at_the_flush_after_a_newer_one_took_over(
+    db: Database, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "HEARTBEAT_FLUSH_S", 0.05)
+    agent = enrolled(db, "twice")
+    with ExitStack() as stack:
+        old = open_session(client, agent, stack)
+        hello(old, agent)
+        receive_until(old, "welcome")
+        new = open_session(client, agent, stack)
+        hello(new, agent)
+        receive_until(new, "welcome")
+        old.send_json({"type": "heartbeat", "seq": 2, "revision": None})
+        assert closed_soon(old).code == 4409
+        new.send_json({"type": "heartbeat", "seq": 2, "revision": None})
+        new.send_json({"type": "ping", "seq": 3})
+        assert receive_until(new, "ack")["ack"] == 3
+
+
+def test_revision_answers_are_recorded_in_one_batch_and_acked_after_it_commits(
+    db: Database, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "STATUS_BATCH_WAIT_S", 0.5)
+    batches: list[int] = []
+    original = fleet.record_statuses
+
+    def counted(database: Database, reports: list[fleet.StatusReport]) -> None:
+        batches.append(len(reports))
+        original(database, reports)
+
+    monkeypatch.setattr(fleet, "record_statuses", counted)
+    agents = [enrolled(db, f"agent-{i}") for i in range(5)]
+    with ExitStack() as stack:
+        sessions = []
+        for agent in agents:
+            ws = open_session(client, agent, stack)
+            hello(ws, agent)
+            receive_until(ws, "welcome")
+            sessions.append(ws)
+        digest = fleet.apply_revision(db, "team", {"services": {}}, actor="test")["revision"]
+        for ws in sessions:
+            receive_until(ws, "revision")
+        for index, ws in enumerate(sessions):
+            status = "rejected" if index == 0 else "applied"
+            ws.send_json({"type": "revision_status", "seq": 2, "revision": digest, "status": status})
+        for index, ws in enumerate(sessions):
+            assert receive_until(ws, "ack")["ack"] == 2
+            # Acknowledged only once recorded.
+            listed = {a["agent_id"]: a["status"] for a in fleet.list_revisions(db, "team")[0]["agents"]}
+            assert listed[agents[index]["agent_id"]] == ("rejected" if index == 0 else "applied")
+    assert batches == [5]
+    with db.sessions() as session:
+        actions = [
+            row.action for row in session.query(AuditEntry).filter(AuditEntry.action.like("revision.%"))
+        ]
+    assert sorted(actions) == ["revision.applied"] * 4 + ["revision.apply", "revision.rejected"]
+
+
+def test_an_answer_the_database_refuses_fails_only_its_own_session(
+    db: Database, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "STATUS_BATCH_WAIT_S", 0.5)
+    original = fleet.record_statuses
+    bad = enrolled(db, "bad")
+
+    def refusing(database: Database, reports: list[fleet.StatusReport]) -> None:
+        if any(report.agent_id == bad["agent_id"] for report in reports):
+            raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+        original(database, reports)
+
+    monkeypatch.setattr(fleet, "record_statuses", refusing)
+    good = enrolled(db, "good")
+    with ExitStack() as stack:
+        sessions = []
+        for agent in (bad, good):
+            ws = open_session(client, agent, stack)
+            hello(ws, agent)
+            receive_until(ws, "welcome")
+            sessions.append(ws)
+        digest = fleet.apply_revision(db, "team", {"services": {}}, actor="test")["revision"]
+        for ws in sessions:
+            receive_until(ws, "revision")
+            ws.send_json({"type": "revision_status", "seq": 2, "revision": digest, "status": "applied"})
+        assert receive_until(sessions[1], "ack")["ack"] == 2
+        with pytest.raises(WebSocketDisconnect) as closed:
+            receive_until(sessions[0], "ack")
+        assert closed.value.code == 1011

@@ -111,7 +111,8 @@ def test_statuses_sessions_and_peers(db: Database) -> None:
     assert fleet.peers(db, workspace_id, exclude=agents[0]["agent_id"])[0]["mesh"] is None
     # A newer session of the same agent wins; the old one's close changes nothing.
     fleet.hello(db, agents[0]["agent_id"], "s3", name="a", version="1", revision=None, catalog=None)
-    assert not fleet.heartbeat(db, agents[0]["agent_id"], "s1", None)
+    beats = [fleet.Beat(agents[0]["agent_id"], "s1", time.time(), None)]
+    assert fleet.flush_heartbeats(db, beats) == {agents[0]["agent_id"]: "replaced"}
     fleet.closed(db, agents[0]["agent_id"], "s1")
     assert sorted(p["name"] for p in fleet.peers(db, workspace_id, exclude="")) == ["a", "b"]
     fleet.closed(db, agents[0]["agent_id"], "s3")

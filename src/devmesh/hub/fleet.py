@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, insert, literal, select, update
+from sqlalchemy import String, bindparam, case, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from devmesh.hub import limits, security
@@ -202,24 +202,67 @@ def hello(
         emit(session, "peers", agent.workspace_id)
 
 
-def heartbeat(db: Database, agent_id: str, session_id: str, revision: str | None) -> bool:
-    """Update last_seen; False when another session took the agent over (this one should close),
-    AgentRevoked when the agent was revoked (whether or not this session heard the event)."""
-    check_text("heartbeat.revision", revision, limits.REVISION_MAX)
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """The newest heartbeat of a session, kept in memory until the next flush (`flush_heartbeats`)."""
+
+    agent_id: str
+    session_id: str
+    last_seen: float
+    revision: str | None
+
+
+def flush_heartbeats(db: Database, beats: list[Beat]) -> dict[str, str]:
+    """Write the heartbeats a process gathered since its last flush, in one transaction: last_seen,
+    online and the reported revision of each agent its session still holds (one executemany).
+
+    Returns the agents whose session should close: "revoked" (or gone) and "replaced" (another session
+    holds the agent now). An agent heard from again after it went stale makes its workspace's peers
+    change (an event)."""
+    if not beats:
+        return {}
+    outcome: dict[str, str] = {}
     with db.transaction() as session:
-        agent = _agent(session, agent_id)
-        if agent.revoked:
-            raise AgentRevoked(agent_id)
-        if agent.session != session_id:
-            return False
-        stale = not is_online(agent, time.time())
-        agent.last_seen = time.time()
-        agent.online = True
-        if revision is not None:
-            agent.revision = revision
-        if stale:
-            emit(session, "peers", agent.workspace_id)
-        return True
+        rows = {
+            row.id: row
+            for row in session.execute(
+                select(
+                    Agent.id, Agent.workspace_id, Agent.session, Agent.revoked, Agent.online, Agent.last_seen
+                ).where(Agent.id.in_({beat.agent_id for beat in beats}))
+            )
+        }
+        now = time.time()
+        updates: list[dict[str, Any]] = []
+        for beat in beats:
+            row = rows.get(beat.agent_id)
+            if row is None or row.revoked:
+                outcome[beat.agent_id] = "revoked"
+                continue
+            if row.session != beat.session_id:
+                outcome[beat.agent_id] = "replaced"
+                continue
+            if not (
+                row.online and row.last_seen is not None and now - row.last_seen < limits.OFFLINE_AFTER_S
+            ):
+                emit(session, "peers", row.workspace_id)
+            updates.append(
+                {"b_id": beat.agent_id, "b_session": beat.session_id, "b_seen": beat.last_seen,
+                 "b_revision": beat.revision}
+            )  # fmt: skip
+        if updates:
+            # The session must still hold the agent when the row is written (a takeover or revocation
+            # may commit between the read above and this, on another replica).
+            session.connection().execute(
+                update(Agent)
+                .where(Agent.id == bindparam("b_id"), Agent.session == bindparam("b_session"))
+                .values(
+                    last_seen=bindparam("b_seen"),
+                    online=True,
+                    revision=func.coalesce(bindparam("b_revision", type_=String), Agent.revision),
+                ),
+                updates,
+            )
+    return outcome
 
 
 def set_catalog(db: Database, agent_id: str, catalog: Any) -> None:
@@ -230,13 +273,18 @@ def set_catalog(db: Database, agent_id: str, catalog: Any) -> None:
         emit(session, "peers", agent.workspace_id)
 
 
-def closed(db: Database, agent_id: str, session_id: str) -> None:
-    """The session ended: offline, unless a newer session holds the agent already."""
+def closed(db: Database, agent_id: str, session_id: str, last: Beat | None = None) -> None:
+    """The session ended: offline, unless a newer session holds the agent already. `last` is its
+    heartbeat not flushed yet, written now (last_seen and revision)."""
     with db.transaction() as session:
         agent = session.get(Agent, agent_id)
         if agent is not None and agent.session == session_id:
             agent.online = False
             agent.session = None
+            if last is not None:
+                agent.last_seen = max(agent.last_seen or 0.0, last.last_seen)
+                if last.revision is not None:
+                    agent.revision = last.revision
             emit(session, "peers", agent.workspace_id)
 
 
@@ -362,33 +410,73 @@ def mark_pending(db: Database, agent_id: str, workspace_id: int, revision: str) 
             row.status, row.details, row.time = "pending", None, time.time()
 
 
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """An agent's `revision_status` answer."""
+
+    agent_id: str
+    revision: str
+    status: str
+    details: str | None
+
+
+def check_status(report: StatusReport) -> StatusReport:
+    if report.status not in STATUSES:
+        raise StoreError(f"revision_status status {report.status!r} is not one of {', '.join(STATUSES)}", 422)
+    check_text("revision_status.revision", report.revision, limits.REVISION_MAX)
+    return report
+
+
 def record_status(db: Database, agent_id: str, revision: str, status: str, details: str | None) -> None:
-    if status not in STATUSES:
-        raise StoreError(f"revision_status status {status!r} is not one of {', '.join(STATUSES)}", 422)
-    check_text("revision_status.revision", revision, limits.REVISION_MAX)
+    record_statuses(db, [StatusReport(agent_id, revision, status, details)])
+
+
+def record_statuses(db: Database, reports: list[StatusReport]) -> None:
+    """Record answers (of one agent or many) in one transaction, each with its audit row: all or none
+    (StoreError 404 if an agent is gone). A few statements whatever the number of answers."""
+    for report in reports:
+        check_status(report)
+    if not reports:
+        return
     with db.transaction() as session:
-        agent = _agent(session, agent_id)
-        row = session.scalar(
-            select(RevisionStatus).where(
-                RevisionStatus.agent_id == agent_id, RevisionStatus.revision_hash == revision
+        ids = {report.agent_id for report in reports}
+        agents = {agent.id: agent for agent in session.scalars(select(Agent).where(Agent.id.in_(ids)))}
+        for agent_id in ids - set(agents):
+            raise StoreError(f"no agent {agent_id!r}", 404)
+        rows = {
+            (row.agent_id, row.revision_hash): row
+            for row in session.scalars(
+                select(RevisionStatus).where(
+                    RevisionStatus.agent_id.in_(ids),
+                    RevisionStatus.revision_hash.in_({report.revision for report in reports}),
+                )
             )
-        )
-        if row is None:
-            row = RevisionStatus(workspace_id=agent.workspace_id, agent_id=agent_id, revision_hash=revision)
-            session.add(row)
-        row.status = status
-        row.details = details
-        row.time = time.time()
-        if status == "applied":
-            agent.revision = revision
-        audit(
-            session,
-            f"agent:{agent_id}",
-            f"revision.{status}",
-            revision,
-            workspace_id=agent.workspace_id,
-            details={"agent": agent.name, "details": details} if details else {"agent": agent.name},
-        )
+        }
+        now = time.time()
+        for report in reports:
+            agent = agents[report.agent_id]
+            row = rows.get((report.agent_id, report.revision))
+            if row is None:
+                row = RevisionStatus(
+                    workspace_id=agent.workspace_id, agent_id=report.agent_id, revision_hash=report.revision
+                )
+                session.add(row)
+                rows[(report.agent_id, report.revision)] = row
+            row.status = report.status
+            row.details = report.details
+            row.time = now
+            if report.status == "applied":
+                agent.revision = report.revision
+            audit(
+                session,
+                f"agent:{report.agent_id}",
+                f"revision.{report.status}",
+                report.revision,
+                workspace_id=agent.workspace_id,
+                details={"agent": agent.name, "details": report.details}
+                if report.details
+                else {"agent": agent.name},
+            )
 
 
 def list_revisions(db: Database, workspace: str, limit: int = 50) -> list[dict[str, Any]]:

@@ -30,12 +30,12 @@ CONSOLE = Path(__file__).parent / "console"
 
 def create_app(db: Database, *, secret_file: Path | None = None) -> FastAPI:
     """The hub application on a migrated database (`db.migrate()` first)."""
-    registry = SessionRegistry()
+    registry = SessionRegistry(db)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry.bind(asyncio.get_running_loop())
-        tasks = [asyncio.create_task(_sweep(registry))]
+        tasks = [asyncio.create_task(_sweep(registry)), asyncio.create_task(registry.run_heartbeat_flush())]
         if db.is_postgres:
             ready = asyncio.Event()
             tasks.append(asyncio.create_task(_listen(db, registry, ready)))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,6 +51,29 @@ class Pushed:
         return cls(digest, json.dumps({"revision": digest, "document": document})[1:-1])
 
 
+@dataclass(frozen=True, slots=True)
+class PeerList:
+    """A workspace's online agents as read once for all its sessions, each entry encoded once: a
+    session's `peers` list is every entry but its own (with 1000 agents, encoding the whole list once
+    per session and change was most of the hub's CPU). `encoded` is the whole list, to tell cheaply
+    that nothing changed (the sweep re-reads it every few seconds)."""
+
+    encoded: str
+    agent_ids: tuple[str, ...]
+    entries: tuple[str, ...]
+
+    @classmethod
+    def of(cls, peers: list[dict[str, Any]]) -> PeerList:
+        entries = tuple(json.dumps(peer) for peer in peers)
+        return cls("[" + ", ".join(entries) + "]", tuple(p["agent_id"] for p in peers), entries)
+
+    def without(self, agent_id: str) -> str:
+        if agent_id not in self.agent_ids:
+            return self.encoded
+        kept = (entry for peer, entry in zip(self.agent_ids, self.entries, strict=True) if peer != agent_id)
+        return "[" + ", ".join(kept) + "]"
+
+
 class ProtocolError(Exception):
     """The agent sent something the contract does not allow; the session closes with its text."""
 
@@ -69,7 +94,8 @@ class AgentSession:
         self._send_lock = asyncio.Lock()
         self._applied: str | None = None
         self._pushed: str | None = None
-        self._peers: list[dict[str, Any]] | None = None
+        self._peers_seen: str | None = None  # the workspace's list when this session last looked
+        self._peers: bytes | None = None  # a digest of what it sent (not the text: 1000 x 150 KB)
         self._pending: set[str] = set()
 
     async def send(self, kind: str, encoded: str = "", **fields: Any) -> None:
@@ -139,7 +165,8 @@ class AgentSession:
                 await self.websocket.close(code, reason[:120])
 
     async def finish(self) -> None:
-        await asyncio.to_thread(fleet.closed, self.db, self.identity.agent_id, self.session_id)
+        last = self.registry.take_beat(self)
+        await asyncio.to_thread(fleet.closed, self.db, self.identity.agent_id, self.session_id, last)
 
     async def _receive(self, wait_s: float) -> dict[str, Any]:
         try:
@@ -161,17 +188,12 @@ class AgentSession:
             message = await self._receive(limits.OFFLINE_AFTER_S)
             kind = message.get("type")
             if kind == "heartbeat":
+                # Kept in memory and written with every other session's by the registry's flush, which
+                # also tells this session if its agent was revoked or taken over meanwhile.
                 revision = message.get("revision")
-                still_ours = await asyncio.to_thread(
-                    fleet.heartbeat,
-                    self.db,
-                    self.identity.agent_id,
-                    self.session_id,
-                    revision if isinstance(revision, str) else None,
-                )
-                if not still_ours:
-                    await self.close(CLOSE_REPLACED, "another session of this agent took over")
-                    return
+                revision = revision if isinstance(revision, str) else None
+                fleet.check_text("heartbeat.revision", revision, limits.REVISION_MAX)
+                self.registry.beat(self, revision)
             elif kind == "catalog":
                 await asyncio.to_thread(
                     fleet.set_catalog, self.db, self.identity.agent_id, message.get("catalog")
@@ -191,7 +213,10 @@ class AgentSession:
         if not isinstance(revision, str) or status not in fleet.STATUSES:
             raise ProtocolError('revision_status needs "revision" and "status": "applied" or "rejected"')
         text = details if isinstance(details, str) else None if details is None else json.dumps(details)
-        await asyncio.to_thread(fleet.record_status, self.db, self.identity.agent_id, revision, status, text)
+        # Recorded in a batch with other sessions' answers; the ack goes out once it is committed.
+        await self.registry.statuses.record(
+            fleet.check_status(fleet.StatusReport(self.identity.agent_id, revision, status, text))
+        )
         if status == "applied":
             self._applied = revision
 
@@ -206,6 +231,9 @@ class AgentSession:
                 )
             elif kind == "peers":
                 await self._push_peers()
+            elif kind == "replaced":
+                await self.close(CLOSE_REPLACED, "another session of this agent took over")
+                return
             elif kind == "revoke" and await asyncio.to_thread(
                 fleet.is_revoked, self.db, self.identity.agent_id
             ):
@@ -228,16 +256,80 @@ class AgentSession:
 
     async def _push_peers(self) -> None:
         everyone = await self.registry.workspace_peers(self.db, self.identity.workspace_id)
-        found = [peer for peer in everyone if peer["agent_id"] != self.identity.agent_id]
-        if found != self._peers:
-            self._peers = found
-            await self.send("peers", peers=found)
+        if everyone.encoded == self._peers_seen:
+            return
+        self._peers_seen = everyone.encoded
+        found = everyone.without(self.identity.agent_id)
+        digest = hashlib.blake2b(found.encode(), digest_size=16).digest()
+        if digest != self._peers:
+            self._peers = digest
+            await self.send("peers", f'"peers": {found}')
+
+
+class StatusBatcher:
+    """Records the `revision_status` answers of every session of this process together: a batch is
+    written in one transaction (each answer with its audit row) after STATUS_BATCH_WAIT_S or as soon as
+    STATUS_BATCH_MAX wait, and `record` returns once its answer is committed (then the session acks:
+    an agent resends until acked, so nothing acked is lost). Batches are written one at a time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._waiting: list[tuple[fleet.StatusReport, asyncio.Future[None]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._writing = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def record(self, report: fleet.StatusReport) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((report, future))
+        if len(self._waiting) >= limits.STATUS_BATCH_MAX:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(limits.STATUS_BATCH_WAIT_S, self._flush)
+        # A session that ends meanwhile does not cancel the write, only its wait for it.
+        await asyncio.shield(future)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._waiting = self._waiting, []
+        if batch:
+            task = asyncio.create_task(self._write(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, batch: list[tuple[fleet.StatusReport, asyncio.Future[None]]]) -> None:
+        async with self._writing:
+            try:
+                await asyncio.to_thread(fleet.record_statuses, self.db, [report for report, _ in batch])
+            except Exception:
+                # One answer the database refuses (an agent deleted meanwhile) must not fail the others:
+                # each one again on its own, its error to its own session.
+                for report, future in batch:
+                    try:
+                        await asyncio.to_thread(fleet.record_statuses, self.db, [report])
+                    except Exception as error:
+                        if not future.done():
+                            future.set_exception(error)
+                    else:
+                        if not future.done():
+                            future.set_result(None)
+                return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
 
 
 class SessionRegistry:
-    """This process's sessions by workspace, and the way events reach them from any thread."""
+    """This process's sessions by workspace, and the way events reach them from any thread; the
+    heartbeats of its sessions until they are flushed, and the batches of their revision answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.statuses = StatusBatcher(db)
+        self._beats: dict[AgentSession, fleet.Beat] = {}
         self._by_workspace: dict[int, set[AgentSession]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         # What a workspace's sessions all need (its online agents, its current revision), read once
@@ -262,17 +354,60 @@ class SessionRegistry:
                     for table in (self._versions, self._cache, self._locks):
                         table.pop((kind, session.identity.workspace_id), None)
 
+    def beat(self, session: AgentSession, revision: str | None) -> None:
+        """A heartbeat: kept until the next flush (a newer one of the same session replaces it)."""
+        if revision is None and (earlier := self._beats.get(session)) is not None:
+            revision = earlier.revision
+        self._beats[session] = fleet.Beat(
+            session.identity.agent_id, session.session_id, time.time(), revision
+        )
+
+    def take_beat(self, session: AgentSession) -> fleet.Beat | None:
+        """The session's heartbeat not flushed yet (its session ends: written with its close)."""
+        return self._beats.pop(session, None)
+
+    async def flush_heartbeats(self) -> None:
+        """Write every heartbeat gathered since the last flush (transactions of HEARTBEAT_BATCH_MAX),
+        and close the sessions whose agent was revoked or taken over meanwhile."""
+        gathered, self._beats = self._beats, {}
+        items = list(gathered.items())
+        for start in range(0, len(items), limits.HEARTBEAT_BATCH_MAX):
+            chunk = items[start : start + limits.HEARTBEAT_BATCH_MAX]
+            try:
+                outcome = await asyncio.to_thread(
+                    fleet.flush_heartbeats, self.db, [beat for _, beat in chunk]
+                )
+            except SQLAlchemyError as error:
+                log.error("cannot record %d heartbeats (retried at the next flush): %s", len(chunk), error)
+                for session, beat in chunk:
+                    self._beats.setdefault(session, beat)
+                continue
+            for session, beat in chunk:
+                verdict = outcome.get(beat.agent_id)
+                if verdict == "revoked":
+                    session.notify("revoke")
+                elif verdict == "replaced":
+                    session.notify("replaced")
+
+    async def run_heartbeat_flush(self) -> None:
+        """Flush every HEARTBEAT_FLUSH_S for as long as the hub runs."""
+        while True:
+            await asyncio.sleep(limits.HEARTBEAT_FLUSH_S)
+            await self.flush_heartbeats()
+
     def count(self) -> int:
         return sum(len(sessions) for sessions in self._by_workspace.values())
 
     def workspaces(self) -> list[int]:
         return list(self._by_workspace)
 
-    async def workspace_peers(self, db: Database, workspace_id: int) -> list[dict[str, Any]]:
+    async def workspace_peers(self, db: Database, workspace_id: int) -> PeerList:
         """Every online agent of the workspace, re-read only after a "peers" event."""
-        found: list[dict[str, Any]] = await self._read_once(
-            "peers", workspace_id, lambda: asyncio.to_thread(fleet.peers, db, workspace_id, exclude="")
-        )
+
+        async def read() -> PeerList:
+            return PeerList.of(await asyncio.to_thread(fleet.peers, db, workspace_id, exclude=""))
+
+        found: PeerList = await self._read_once("peers", workspace_id, read)
         return found
 
     async def workspace_revision(self, db: Database, workspace_id: int) -> Pushed | None:
