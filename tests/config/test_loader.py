@@ -324,3 +324,47 @@ def test_mirror_is_a_url_or_a_peer(tmp_path: Path) -> None:
         path = write(tmp_path, "devmesh.toml", f'[services.a]\nport = 3000\nmirror = "{wrong}"\n')
         (problem,) = errors_of(path, environ={})
         assert "services.a.mirror" in problem and said in problem, problem
+
+
+def test_routes_are_paths_of_safe_characters_with_an_optional_trailing_glob(tmp_path: Path) -> None:
+    good = ["/", "/*", "/api/*", "/api/", "/api", "/v2.1/x_y~z%20-w", "/api*"]
+    path = write(
+        tmp_path, "devmesh.toml", f"[services.a]\nport = 3000\nroutes = {good!r}\n".replace("'", '"')
+    )
+    assert load_config(path, environ={}).config.services["a"].routes == good
+    for wrong in ["/x { return 200; }", "/a;b", "/a b", "/a*b", "/a/**", "/a#b", "/a'b", "api"]:
+        path = write(tmp_path, "devmesh.toml", f"[services.a]\nport = 3000\nroutes = [{wrong!r}]\n")
+        (problem,) = errors_of(path, environ={})
+        assert "services.a.routes" in problem and "path prefix" in problem, problem
+
+
+def test_fault_paths_keep_their_globs(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "devmesh.toml",
+        '[services.a]\nport = 3000\n[faults.f]\nservice = "a"\nabort = 503\npaths = ["/charge*", "/api/*/items"]\n',
+    )
+    assert load_config(path, environ={}).config.faults["f"].paths == ["/charge*", "/api/*/items"]
+
+
+def test_url_hosts_are_host_names_or_addresses(tmp_path: Path) -> None:
+    for good in [
+        "https://api.staging.example:8443",
+        "http://127.0.0.1:4000",
+        "https://[::1]:9443",
+        "http://my_svc/v1",
+    ]:
+        path = write(tmp_path, "devmesh.toml", f'[services.a]\nremote = "{good}"\n')
+        assert load_config(path, environ={}).config.services["a"].remote == good
+    for wrong in [
+        "http://evil;{}.example",
+        "http://a.example:80;x",
+        "http://a.example:x",
+        "http://user@a.example",
+        "http://1.2.3",
+        "http://a.example/ x",
+        "http://",
+    ]:
+        path = write(tmp_path, "devmesh.toml", f'[services.a]\nremote = "{wrong}"\n')
+        (problem,) = errors_of(path, environ={})
+        assert "services.a.remote" in problem and "is not a URL" in problem, problem

@@ -140,3 +140,28 @@ def test_health_http_is_allowed(config_file: Path, source: Path) -> None:
         config_file, {"services": {"payments": {"health": {"http": "/ready"}}}}, source=source
     )
     assert loaded.config.services["payments"].health is not None
+
+
+# A route that `nginx -t` accepts and that serves /etc/ from another server block (a reviewer's payload).
+INJECTED_ROUTE = (
+    "/x { return 200; } } server { listen 127.0.0.1:9; location / { alias /etc/; autoindex on; } } "
+    "server { location = /y"
+)
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"routes": [INJECTED_ROUTE]}, "routes"),
+        ({"remote": "http://evil;{}.example"}, "remote"),
+        ({"remote": "http://a.example:80;include /etc/passwd"}, "remote"),
+        ({"mirror": "http://x{y}.example"}, "mirror"),
+    ],
+)
+def test_a_revision_cannot_write_proxy_config_through_a_value(
+    table: dict[str, object], key: str, config_file: Path, source: Path
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_with_revision(config_file, {"services": {"api": table}}, source=source)
+    (problem,) = caught.value.problems
+    assert problem.key_path[:3] == ("services", "api", key), problem

@@ -6,10 +6,12 @@ already, so that a typo in them is caught on the first `devmesh up` and not when
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -49,9 +51,56 @@ def _check_specifier(value: str) -> str:
     return value
 
 
+# A route prefix: a path of these characters, with devmesh's trailing `*` glob ("/api/*"). Proxies'
+# configs are rendered from it (`devmesh export`, the nginx engine): nothing that could end a directive.
+_ROUTE_RE = re.compile(r"^/[A-Za-z0-9._~%/-]*\*?\Z")
+_URL_HOST_LABEL_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?\Z")
+_UNPRINTABLE_RE = re.compile(r"[\x00-\x20\x7f]")  # whitespace and control characters
+
+
+def is_service_name(name: str) -> bool:
+    """Whether `name` is a service name (it becomes a host name: lower-case letters, digits and '-')."""
+    return bool(_SERVICE_NAME_RE.match(name))
+
+
+def _url_problem(value: str) -> str | None:
+    """Why `value` is not an http(s) URL of a real host name or IP address (with an optional port)."""
+    if _UNPRINTABLE_RE.search(value):
+        return "it contains whitespace or control characters"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as error:
+        return str(error)
+    if parts.scheme not in ("http", "https") or not value.lower().startswith(f"{parts.scheme}://"):
+        return "it is not an http(s) URL"
+    authority = parts.netloc
+    if "@" in authority:
+        return "a user name or password in the URL is not supported"
+    host = parts.hostname or ""
+    expected = (f"[{host}]" if ":" in host else host) + (f":{port}" if port is not None else "")
+    if authority.lower() != expected:
+        return f"{authority!r} is not a host name or IP address with an optional port"
+    if port == 0:
+        return "port 0 is not a port"
+    if ":" in host or host.replace(".", "").isdigit():
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return f"{host!r} is not an IP address"
+        return None
+    if not host:
+        return "it has no host name"
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_URL_HOST_LABEL_RE.match(label) for label in labels):
+        return f"{host!r} is not a host name (letters, digits, '-' and '.')"
+    return None
+
+
 def _check_url(value: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError(f'{value!r} is not a URL; write it as "https://host[:port]"')
+    problem = _url_problem(value)
+    if problem is not None:
+        raise ValueError(f'{value!r} is not a URL ({problem}); write it as "https://host[:port]"')
     return value.rstrip("/")
 
 
@@ -69,12 +118,26 @@ def _check_mirror(value: str) -> str:
         return f"peer={peer}"
     if not re.match(r"^https?://[^/\s]+", value):
         raise ValueError(f'{value!r} is neither a URL nor a peer; write "https://host[:port]" or "peer=ID"')
-    return value.rstrip("/")
+    return _check_url(value)
 
 
 def _check_route(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError(f'{value!r} is not a path prefix; it must start with "/", as in "/api/*"')
+    if not _ROUTE_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a path prefix: use letters, digits and . _ ~ % / -, with an optional "
+            'trailing "*", as in "/api/*"'
+        )
+    return value
+
+
+def _check_path_pattern(value: str) -> str:
+    """A fault's `paths` entry: a prefix, or a glob ("/charge*", "/api/*/items")."""
+    if not value.startswith("/"):
+        raise ValueError(f'{value!r} is not a path; it must start with "/", as in "/charge*"')
+    if _UNPRINTABLE_RE.search(value):
+        raise ValueError(f"{value!r} is not a path: it contains whitespace or control characters")
     return value
 
 
@@ -96,6 +159,7 @@ SpecifierText = Annotated[str, AfterValidator(_check_specifier)]
 Url = Annotated[str, AfterValidator(_check_url)]
 MirrorTarget = Annotated[str, AfterValidator(_check_mirror)]
 RoutePrefix = Annotated[str, AfterValidator(_check_route)]
+PathPattern = Annotated[str, AfterValidator(_check_path_pattern)]
 HttpMethod = Annotated[str, AfterValidator(_check_method)]
 HostName = Annotated[str, AfterValidator(_check_host)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -198,7 +262,7 @@ class FaultSection(Section):
     abort: Annotated[int, Field(ge=100, le=599)] | None = None
     outage: Literal["503", "reset"] | None = None  # answer 503, or reset the connection
     rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
-    paths: list[RoutePrefix] = Field(default_factory=list)
+    paths: list[PathPattern] = Field(default_factory=list)
     methods: list[HttpMethod] = Field(default_factory=list)
     headers: dict[str, str] = Field(default_factory=dict)
     bandwidth: BytesPerSecond | None = None

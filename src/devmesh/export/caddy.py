@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from devmesh.export.model import IDEMPOTENT_METHODS, RETRY_STATUSES, VIA, RouteModel, ServiceRoutes, Upstream
+from devmesh.export.safety import check_model_values
 
 _TAB = "\t"
 # Caddy's own errors that send a request to the remote: 502/504, every local upstream failed this
@@ -49,6 +50,7 @@ class _Entry:
 def render_caddy(model: RouteModel, listen: tuple[str, int], options: CaddyOptions | None = None) -> str:
     """The Caddyfile for `model`, served on `listen` (host, port) over plain HTTP."""
     options = options or CaddyOptions()
+    check_model_values(model, proxy="Caddy")  # no value may end a directive and add its own
     host, port = listen
     source = "a running devmesh agent" if model.source == "agent" else "the config alone (no agent ran)"
     lines = [

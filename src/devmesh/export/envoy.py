@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devmesh.export.model import IDEMPOTENT_METHODS, RETRY_STATUSES, VIA, RouteModel, ServiceRoutes, Upstream
+from devmesh.export.safety import check_model_values
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -45,6 +46,7 @@ def render_envoy(model: RouteModel, listen: tuple[str, int], options: EnvoyOptio
     import yaml
 
     options = options or EnvoyOptions()
+    check_model_values(model, proxy="Envoy")  # no value may end a directive and add its own
     bootstrap: dict[str, Any] = {
         "static_resources": {
             "listeners": [_listener(model, listen)],

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devmesh.export.model import VIA, ExportError, RouteModel, ServiceRoutes, Upstream
+from devmesh.export.safety import check_model_values
 
 # The temp folders nginx writes request and response bodies to: they must exist before `nginx -t`.
 TEMP_FOLDERS = ("client_body_temp", "proxy_temp", "fastcgi_temp", "uwsgi_temp", "scgi_temp")
@@ -56,6 +57,7 @@ def render_nginx(model: RouteModel, listen: tuple[str, int], options: NginxOptio
     options = options or NginxOptions()
     if not _NAME_RE.match(options.name):
         raise ExportError(f"nginx name prefix {options.name!r}: use letters, digits and '_'")
+    check_model_values(model, proxy="nginx")  # no value may end a directive and add its own
     lines = _header(model, listen, options)
     body = list(_http_body(model, listen, options))
     if options.extra_http:

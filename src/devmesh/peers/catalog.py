@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from devmesh.config.schema import is_service_name
+
 CATALOG_PATH = "/mesh/v1/catalog"
 PROTOCOL_VERSION = 1
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +38,18 @@ class Catalog:
         """Parse a peer's catalog; ValueError on anything that is not one."""
         try:
             raw: Any = json.loads(data)
-            services = [
-                OfferedService(str(item["name"]), item.get("version"), bool(item["healthy"]))
-                for item in raw["services"]
-            ]
+            services = []
+            for item in raw["services"]:
+                name = str(item["name"])
+                if not is_service_name(name):
+                    # A peer's names become host names, and config lines in an exported proxy config.
+                    _log.warning(
+                        "peer %r offers a service named %r, which is not a service name; left out",
+                        raw.get("peer"),
+                        name,
+                    )
+                    continue
+                services.append(OfferedService(name, item.get("version"), bool(item["healthy"])))
             return cls(
                 peer=str(raw["peer"]),
                 mesh=str(raw["mesh"]),
