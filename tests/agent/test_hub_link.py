@@ -3,6 +3,8 @@ a revision or a peers list (a fake agent; the real one is in tests/integration/t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import os
@@ -117,23 +119,39 @@ class FakeAgent:
     def __init__(self, loaded: LoadedConfig) -> None:
         self.loaded = loaded
         self.faults = FaultBook(on_change=lambda event, details: None)
-        self.supervisor = None
+        self.supervisor: Any = None
         self.peers: Any = FakeFollower()
         self.mesh_address: Address | None = None
         self.config_error: str | None = None
         self.link: HubLink | None = None
         self.reloads = 0
+        self.settles = 0
         self.dataplane_refusal: str | None = None  # what the data plane says of the next table
+        self.dataplane_error: Exception | None = None  # what the next settle raises
+        self.reload_error: Exception | None = None  # what the next reload raises
+        self.seen_while_settling: list[tuple[str | None, str | None]] = []  # (applied, current)
 
     def offers(self, name: str) -> bool:
         return False
 
     async def settle_dataplane(self) -> str | None:
+        assert self.link is not None
+        self.settles += 1
+        applied, current = self.link.applied, self.link.current
+        self.seen_while_settling.append(
+            (applied.revision if applied else None, current.revision if current else None)
+        )
+        error, self.dataplane_error = self.dataplane_error, None
+        if error is not None:
+            raise error
         return self.dataplane_refusal
 
     async def reload(self, logs: LogSink) -> None:
         assert self.link is not None
         self.reloads += 1
+        error, self.reload_error = self.reload_error, None
+        if error is not None:
+            raise error
         self.loaded = self.link.load_config()
         self.faults.load(self.loaded.config)
 
@@ -227,3 +245,96 @@ async def test_peers_listed_by_the_hub_are_followed_and_unfollowed(tmp_path: Pat
     assert follower.removed == ["10.0.0.2:7090"]  # the static address stays followed
     assert link.status()["peers"] == 0
     assert str(parse_address("10.0.0.2:7090")) == "10.0.0.2:7090"
+
+
+def _message(document: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "revision", "revision": revision_hash(document), "document": document}
+
+
+GOOD = {"faults": {"teapot": {"service": "api", "abort": 418}}}
+NEXT = {"faults": {"coffee": {"service": "api", "abort": 503}}}
+
+
+async def test_a_revision_is_applied_only_once_the_data_plane_serves_it(
+    tmp_path: Path, logs: LogSink
+) -> None:
+    link, agent = make_link(tmp_path, logs)
+    assert (await link._apply(_message(GOOD)) or {})["status"] == "applied"
+    assert (await link._apply(_message(NEXT)) or {})["status"] == "applied"
+    # While nginx was being settled, heartbeats and `status` still said the revision in force before.
+    assert agent.seen_while_settling == [
+        (None, revision_hash(GOOD)),
+        (revision_hash(GOOD), revision_hash(NEXT)),
+    ]
+    assert link.applied == SavedRevision(revision_hash(NEXT), NEXT) and link.current == link.applied
+
+
+@pytest.mark.parametrize(
+    ("fail", "said"),
+    [
+        ("settle", "applying it failed: EngineError: nginx: cannot write nginx.conf: No space left"),
+        ("reload", "applying it failed: RuntimeError: the supervisor fell over"),
+        ("save", "applying it failed: OSError: [Errno 28] No space left on device"),
+    ],
+)
+async def test_an_apply_that_raises_is_rejected_and_the_revision_in_force_restored(
+    tmp_path: Path, logs: LogSink, monkeypatch: pytest.MonkeyPatch, fail: str, said: str
+) -> None:
+    from devmesh.agent import hub_link
+    from devmesh.dataplane.results import EngineError
+
+    link, agent = make_link(tmp_path, logs)
+    assert (await link._apply(_message(GOOD)) or {})["status"] == "applied"
+    if fail == "settle":
+        agent.dataplane_error = EngineError("nginx: cannot write nginx.conf: No space left")
+    elif fail == "reload":
+        agent.reload_error = RuntimeError("the supervisor fell over")
+    else:
+
+        def full(paths: StatePaths, saved: SavedRevision) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(hub_link, "write_saved_revision", full)
+    reloads, settles = agent.reloads, agent.settles
+    status = await link._apply(_message(NEXT))
+    assert status == {"revision": revision_hash(NEXT), "status": "rejected", "details": said}
+    assert link.applied == SavedRevision(revision_hash(GOOD), GOOD) and link.current == link.applied
+    # Back to the revision in force: reloaded with it, and the data plane settled on it again.
+    assert agent.reloads == reloads + 2 and agent.settles > settles
+    assert "teapot" in agent.loaded.config.faults and "coffee" not in agent.loaded.config.faults
+    assert read_saved_revision(StatePaths(tmp_path)) == SavedRevision(revision_hash(GOOD), GOOD)
+
+
+async def test_the_applier_goes_on_after_a_failed_apply(tmp_path: Path, logs: LogSink) -> None:
+    from devmesh.dataplane.results import EngineError
+
+    link, agent = make_link(tmp_path, logs)
+    agent.dataplane_error = EngineError("nginx: gone")
+    applier = asyncio.get_running_loop().create_task(link._apply_revisions())
+    try:
+        link._revisions.put_nowait(_message(NEXT))
+        link._revisions.put_nowait(_message(GOOD))
+        for _ in range(200):
+            if revision_hash(GOOD) in link._outbox:
+                break
+            await asyncio.sleep(0.01)
+        assert not applier.done()
+        assert link._outbox[revision_hash(NEXT)]["status"] == "rejected"
+        assert link._outbox[revision_hash(GOOD)]["status"] == "applied"
+    finally:
+        applier.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await applier
+
+
+async def test_close_never_raises(tmp_path: Path, logs: LogSink) -> None:
+    link, _ = make_link(tmp_path, logs)
+
+    async def broken() -> None:
+        raise RuntimeError("a task that died")
+
+    loop = asyncio.get_running_loop()
+    link._tasks = [loop.create_task(broken()), loop.create_task(asyncio.sleep(60))]
+    await asyncio.sleep(0)
+    await link.close()  # the agent's shutdown goes on after it
+    assert link._tasks == [] and not link.connected

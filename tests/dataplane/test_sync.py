@@ -123,3 +123,75 @@ async def test_drift_is_reported_and_repaired_by_policy(policy: str, repairs: in
 def test_an_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="drift policy 'fix': use one of repair, report"):
         DataplaneSync(ScriptedEngine(), build=lambda: (_model(), "r"), log=print, drift_policy="fix")  # type: ignore[arg-type]
+
+
+class FailingEngine(ScriptedEngine):
+    """Raises what engine.py's OS calls could: once per kind, then works again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.apply_errors: list[Exception] = []
+        self.drift_errors: list[Exception] = []
+        self.close_error: Exception | None = None
+
+    async def apply(self, model: RouteModel, revision_id: str) -> ApplyResult:
+        if self.apply_errors:
+            raise self.apply_errors.pop(0)
+        return await super().apply(model, revision_id)
+
+    async def check_drift(self) -> DriftReport:
+        if self.drift_errors:
+            raise self.drift_errors.pop(0)
+        return await super().check_drift()
+
+    async def close(self) -> None:
+        await super().close()
+        if self.close_error is not None:
+            raise self.close_error
+
+
+async def test_the_loops_live_through_any_error_and_say_it() -> None:
+    engine = FailingEngine()
+    lines: list[str] = []
+    revision = iter(range(100))
+    sync = DataplaneSync(
+        engine,
+        build=lambda: (_model(), f"r{next(revision)}"),
+        log=lines.append,
+        debounce_s=0.01,
+        drift_interval_s=0.02,
+    )
+    await sync.start()
+    engine.apply_errors = [ProcessLookupError(3, "No such process"), OSError(28, "No space left on device")]
+    engine.drift_errors = [PermissionError(13, "Permission denied"), RuntimeError("psutil")]
+    for _ in range(3):
+        sync.changed()
+        await _until(lambda: not sync._wake.is_set(), "the debounced apply")
+        await asyncio.sleep(0.03)
+    await _until(lambda: len(engine.applied) == 2, "an apply after the failures")
+    await _until(lambda: not engine.drift_errors, "the drift checks")
+    await asyncio.sleep(0.05)
+    assert all(not task.done() for task in sync._tasks), "a loop ended"
+    text = "\n".join(lines)
+    assert "applying the route table failed: ProcessLookupError" in text
+    assert "applying the route table failed: OSError(28" in text
+    assert "drift check failed: PermissionError" in text and "drift check failed: RuntimeError" in text
+    await sync.close()
+
+
+async def test_close_stops_the_engine_and_never_raises() -> None:
+    engine = FailingEngine()
+    lines: list[str] = []
+    sync = DataplaneSync(engine, build=lambda: (_model(), "r1"), log=lines.append)
+    await sync.start()
+
+    async def died() -> None:
+        raise OSError("a loop that died")
+
+    sync._tasks.append(asyncio.get_running_loop().create_task(died()))
+    await asyncio.sleep(0)
+    engine.close_error = ProcessLookupError(3, "No such process")
+    await sync.close()
+    assert engine.closed
+    assert any("a data plane task had failed" in line for line in lines), lines
+    assert any("stopping the data plane failed: ProcessLookupError" in line for line in lines), lines

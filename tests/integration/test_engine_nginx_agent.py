@@ -8,6 +8,7 @@ left running after `devmesh down`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,4 +122,77 @@ def test_a_hub_revision_nginx_refuses_is_rejected_and_the_old_table_serves(
         assert http(listen, "api-v1.localhost")[0] == 200, agent.log()[-6000:]  # the previous table serves
         linked = agent.status()["agent"]["hub"]
         assert linked["revision"] == good
+
+        # A change on this agent (not a revision) that nginx refuses while the revision is in force:
+        # the log says so plainly, as the hub still shows that revision applied.
+        config = project.root / "devmesh.toml"
+        config.write_text(
+            config.read_text(encoding="utf-8")
+            + '\n[services.phantom]\nremote = "http://phantom.devmesh-test.invalid"\n',
+            encoding="utf-8",
+        )
+        said = f"nginx refused the route table after a change on this agent, with hub revision {good[:12]}"
+        wait_for(lambda: said in agent.log(), timeout=30, what="the refusal logged")
+        assert http(listen, "api-v1.localhost")[0] == 200
     assert os.path.exists(project.root / ".devmesh" / "hub-revision.json")
+
+
+@pytest.mark.timeout(90)
+async def test_a_shutdown_step_that_fails_leaves_neither_nginx_nor_services_running(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent in this process whose plugins' stop raises: the steps after it (nginx, the services)
+    still run, and the failure is logged."""
+    import asyncio
+    import io
+    import signal
+
+    from devmesh.agent.runtime import Agent
+    from devmesh.config import load_config
+    from devmesh.plugins.hooks import PluginHooks
+
+    _nginx_or_skip()
+    listen = write_project(project)
+
+    async def broken_stop(self: PluginHooks) -> None:
+        raise RuntimeError("a plugin fell over")
+
+    monkeypatch.setattr(PluginHooks, "stop", broken_stop)
+    terminal = io.StringIO()
+    agent = Agent(load_config(project.root / "devmesh.toml"), terminal=terminal, engine="nginx")
+    run = asyncio.get_running_loop().create_task(agent.run())
+    try:
+        for _ in range(600):
+            if run.done():
+                break
+            if agent.dataplane is not None and agent.dataplane.last is not None and project.leftovers():
+                with contextlib.suppress(OSError):
+                    status, _, _ = await asyncio.to_thread(http, listen, "api.localhost", timeout=5)
+                    if status == 200:
+                        break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("api was not served by nginx in time")
+        assert not run.done(), terminal.getvalue()
+        assert nginx_pids(project.root)
+        assert agent._stop_event is not None
+        agent._stop_event.set()
+        assert await asyncio.wait_for(run, 30) == 0
+        assert "stopping the plugins failed: RuntimeError('a plugin fell over')" in terminal.getvalue()
+        assert nginx_pids(project.root) == []
+        await asyncio.to_thread(
+            wait_for, lambda: not project.leftovers(), timeout=10, what="the services stopped"
+        )
+    finally:  # what this test's agent left, when the shutdown did not stop it
+        if not run.done():
+            run.cancel()
+            with contextlib.suppress(BaseException):
+                await run
+        if agent.dataplane is not None:
+            await agent.dataplane.close()  # nginx's master and workers, gracefully
+        for pid in nginx_pids(project.root):
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)  # the master leads its workers' group
+        for pid in project.leftovers():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

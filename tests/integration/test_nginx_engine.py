@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -25,7 +26,7 @@ from devmesh.config.loader import load_config
 from devmesh.dataplane import DataplaneSync, DriftReport, EngineError, NginxEngine
 from devmesh.dataplane.binary import NginxBinary, find_nginx
 from devmesh.dataplane.control import live_token
-from devmesh.export.model import RouteModel, from_config
+from devmesh.export.model import PathRoute, RouteModel, from_config
 from support import free_port, http, wait_for
 
 
@@ -154,6 +155,59 @@ async def test_a_config_nginx_t_refuses_is_rejected_and_the_old_one_serves(
         assert "no-such-host.invalid" in engine.rejected_path.read_text(encoding="utf-8")
         assert answer(port, "api.localhost") == (200, b"api-backend")
         assert not (await engine.check_drift()).drifted
+
+
+def _workers(engine: NginxEngine) -> list[int]:
+    import psutil
+
+    assert engine.pid is not None
+    return sorted(child.pid for child in psutil.Process(engine.pid).children())
+
+
+async def test_the_same_table_under_another_id_is_unchanged_and_not_reloaded(
+    tmp_path: Path, engine: NginxEngine
+) -> None:
+    """The agent's id changes with every snapshot (a health flip, a peer): the rendered table decides."""
+    port = engine.listen[1]
+    with backend("api-backend") as api:
+        assert (await engine.apply(model_of(tmp_path, {"api": f"port = {api}"}), "local-1")).ok
+        workers = _workers(engine)
+        token = live_token(engine.control_port or 0)
+        for revision_id in ("local-2", "hub-0123456789ab-local-3"):
+            again = await engine.apply(model_of(tmp_path, {"api": f"port = {api}"}), revision_id)
+            assert again.status == "unchanged", again
+            assert again.live_revision_id == revision_id == engine.live_revision_id
+        assert _workers(engine) == workers  # no reload: the same workers serve
+        assert live_token(engine.control_port or 0) == token  # the live file was not rewritten
+        assert not (await engine.check_drift()).drifted
+        assert answer(port, "api.localhost") == (200, b"api-backend")
+
+
+async def test_an_injected_value_is_refused_before_nginx_sees_it(tmp_path: Path, engine: NginxEngine) -> None:
+    """A route that would end its location and add a server serving /etc/ (it passes `nginx -t`), as if
+    it had bypassed the schema: the renderer refuses it, naming it, and nothing is written or run."""
+    injected = (
+        "/x { return 200; } } server { listen 127.0.0.1:9; location / { alias /etc/; autoindex on; } } "
+        "server { location = /y"
+    )
+    model = model_of(tmp_path, {"api": "port = 9"})
+    model = dataclasses.replace(model, path_routes=(PathRoute(injected, "api"),))
+    result = await engine.apply(model, "r1")
+    assert result.status == "rejected" and result.stage == "render", result
+    assert result.details is not None and repr(injected) in result.details
+    assert engine.pid is None and not engine.config_path.exists() and not engine.candidate_path.exists()
+
+
+async def test_a_file_the_engine_cannot_write_is_an_engine_error(tmp_path: Path, engine: NginxEngine) -> None:
+    with backend("api-backend") as api:
+        assert (await engine.apply(model_of(tmp_path, {"api": f"port = {api}"}), "r1")).ok
+        engine.candidate_path.mkdir()  # os.replace onto it fails (IsADirectoryError)
+        try:
+            with pytest.raises(EngineError, match=r"cannot write .*nginx\.conf\.next"):
+                await engine.apply(model_of(tmp_path, {"api": f"port = {api}", "web": "port = 9"}), "r2")
+        finally:
+            engine.candidate_path.rmdir()
+        assert (await engine.apply(model_of(tmp_path, {"api": f"port = {api}", "web": "port = 9"}), "r3")).ok
 
 
 async def test_a_reload_that_fails_on_a_busy_port_is_rolled_back(tmp_path: Path, engine: NginxEngine) -> None:

@@ -135,6 +135,9 @@ class HubLink:
         self.name = f"{socket.gethostname().split('.')[0]}/{agent.loaded.project_dir.name}"
         self.credential = credential
         self.applied = applied  # the revision in force (its document is merged over the config)
+        # A revision being applied: reloads read it, but it is not `applied` (nor reported as such in
+        # heartbeats and `status`) until the agent and its data plane serve it.
+        self._pending: SavedRevision | None = None
         self._rand = rand
         self.connected = False
         self.error: str | None = None  # why the link is not connected, for `status`
@@ -195,17 +198,31 @@ class HubLink:
         self._tasks = [loop.create_task(self._run()), loop.create_task(self._apply_revisions())]
 
     async def close(self) -> None:
+        """End the session and the applier; never raises (the agent's shutdown goes on after it)."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as error:  # a task that died earlier: said here, not raised into the shutdown
+                self._logs.agent(
+                    f"hub {self.url}: the link had failed: {error!r}", component="hub", level="error"
+                )
         self._tasks = []
         self.connected = False
 
+    @property
+    def current(self) -> SavedRevision | None:
+        """The revision the config is loaded with: one being applied, else the one in force."""
+        return self._pending if self._pending is not None else self.applied
+
     def load_config(self) -> LoadedConfig:
-        """The agent's reload seam: the project's files with the revision in force merged over them."""
-        return self._load(self.applied.document if self.applied is not None else None)
+        """The agent's reload seam: the project's files with the revision being applied (else the one in
+        force) merged over them."""
+        current = self.current
+        return self._load(current.document if current is not None else None)
 
     def _load(self, document: dict[str, Any] | None) -> LoadedConfig:
         loaded = self._agent.loaded
@@ -311,6 +328,8 @@ class HubLink:
                 self._lost(_describe(error))
             except _ProtocolError as error:
                 self._lost(str(error))
+            except Exception as error:  # anything else: the session is tried again, the task goes on
+                self._lost(_error_text(error))
             else:
                 self._lost("the hub closed the session")
             if self._seq_welcomed:
@@ -481,7 +500,13 @@ class HubLink:
         stopped and started) and must not hold up the session's reading."""
         while True:
             message = await self._revisions.get()
-            status = await self._apply(message)
+            try:
+                status = await self._apply(message)
+            except Exception as error:  # _apply catches what an apply raises; this is a last resort
+                revision = message.get("revision")
+                if not isinstance(revision, str) or not revision:
+                    continue
+                status = self._rejected(revision, f"applying it failed: {_error_text(error)}")
             if status is None:
                 continue
             self._outbox[status["revision"]] = status
@@ -513,18 +538,30 @@ class HubLink:
             await asyncio.to_thread(self._load, document)
         except ConfigError as error:
             return self._rejected(revision, str(error))
-        previous = self.applied
-        self.applied = SavedRevision(revision, document)
-        await agent.reload(self._logs)  # through `load_config`: the files, then this revision
-        if agent.config_error is not None:  # the files changed on disk meanwhile, and do not load
-            self.applied = previous
-            return self._rejected(revision, agent.config_error)
-        refused = await agent.settle_dataplane()
-        if refused is not None:  # nginx refused the route table (and serves the previous one): back
-            self.applied = previous
-            await agent.reload(self._logs)
-            return self._rejected(revision, f"the data plane refused it: {refused}")
-        write_saved_revision(self._paths, self.applied)
+        except Exception as error:  # a document the loader chokes on: rejected, nothing changed
+            return self._rejected(revision, f"it cannot be loaded: {_error_text(error)}")
+        saved = SavedRevision(revision, document)
+        self._pending = saved  # reloads read it from now on; `applied` waits for the data plane
+        failure: str | None = None
+        restore = True  # whether the agent may now run something other than the revision in force
+        try:
+            await agent.reload(self._logs)  # through `load_config`: the files, then this revision
+            if agent.config_error is not None:  # the files changed on disk meanwhile, and do not load:
+                failure, restore = agent.config_error, False  # the agent kept its running config
+            else:
+                refused = await agent.settle_dataplane()
+                if refused is not None:  # nginx refused the route table (and serves the previous one)
+                    failure = f"the data plane refused it: {refused}"
+                else:
+                    write_saved_revision(self._paths, saved)
+        except Exception as error:  # a reload, the data plane or the state file failed: back, and say so
+            failure = f"applying it failed: {_error_text(error)}"
+        self._pending = None
+        if failure is not None:
+            if restore:
+                await self._restore()
+            return self._rejected(revision, failure)
+        self.applied = saved
         self._logs.agent(
             f"hub revision {revision[:12]} applied",
             component="hub",
@@ -532,6 +569,22 @@ class HubLink:
             revision=revision,
         )
         return {"revision": revision, "status": "applied", "details": None}
+
+    async def _restore(self) -> None:
+        """After a failed apply: the config and the data plane back to the revision in force. A failure
+        here is logged; the agent serves what it can and the next revision or file change tries again."""
+        agent = self._agent
+        try:
+            await agent.reload(self._logs)
+            refused = await agent.settle_dataplane()
+        except Exception as error:
+            refused = _error_text(error)
+        if refused is not None:
+            self._logs.agent(
+                f"hub: restoring the config in force after a failed revision: {refused}",
+                component="hub",
+                level="error",
+            )
 
     def _rejected(self, revision: str, details: str) -> dict[str, Any]:
         details = details.replace(f"{self._paths.project_dir}/", "")  # the hub needs no local paths
@@ -621,6 +674,10 @@ def _parse(frame: str | bytes) -> dict[str, Any]:
 
 def _number(value: object, default: float) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _describe(error: BaseException) -> str:

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import gc
 import importlib
+import inspect
 import os
 import secrets
 import signal
@@ -25,7 +26,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TextIO
 
@@ -145,6 +146,7 @@ class Agent(AdminControls, MeshPeering):
         self._hub_options = hub
         self.hub_link: HubLink | None = None  # `up --hub` / [peers] hub: enrollment, session, revisions
         self.dataplane: DataplaneSync | None = None  # `--engine nginx`: nginx serves the route table
+        self._settling_dataplane = False  # a hub revision's apply is under way (it reports its own result)
 
     @property
     def token(self) -> str:
@@ -352,42 +354,44 @@ class Agent(AdminControls, MeshPeering):
             await self._stop_event.wait()
             logs.agent("stopping services...")
         finally:
+            # Every step runs even when one before it fails (it is logged): a hub link or a plugin that
+            # raises must not leave nginx or the services running.
+            step = self._shutdown_step
             if self.hub_link is not None:
-                await self.hub_link.close()
-            await self.plugins.stop()  # on_agent_stopping while the services still run
+                await step("the hub link", self.hub_link.close, logs)
+            await step("the plugins", self.plugins.stop, logs)  # on_agent_stopping while services run
             for task in tasks:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await step("a background task", _awaiter(task), logs)
             if self.remotes is not None:
-                await self.remotes.close()
+                await step("the remote probes", self.remotes.close, logs)
             if self.discovered is not None:
-                await self.discovered.close()
+                await step("discovery feeds", self.discovered.close, logs)
             if self.discovery is not None:
-                await self.discovery.close()  # the goodbye first: peers drop this agent at once
+                await step("mDNS", self.discovery.close, logs)  # the goodbye first: peers drop us at once
             if self.peers is not None:
-                await self.peers.close()
+                await step("the peers", self.peers.close, logs)
             if self.mesh_proxy is not None:
-                await self.mesh_proxy.close()
+                await step("the mesh port", self.mesh_proxy.close, logs)
             elif mesh_socket is not None:
                 mesh_socket.close()
-            self.faults.close()
+            await step("the faults", self.faults.close, logs)
             if self.dataplane is not None:
-                await self.dataplane.close()
-            await self.supervisor.down()
+                await step("nginx", self.dataplane.close, logs)
+            await step("the services", self.supervisor.down, logs)
             if self.proxy is not None:
-                await self.proxy.close()
+                await step("the proxy", self.proxy.close, logs)
                 if self.tracer is not None:
-                    await asyncio.to_thread(self.tracer.close)
+                    await step("the tracer", _in_thread(self.tracer.close), logs)
             else:
                 for sock in (proxy_socket, https_socket):
                     if sock is not None:
                         sock.close()
             if admin is not None:
-                await admin.stop()
+                await step("the admin API", admin.stop, logs)
             else:
                 admin_socket.close()
-            await guardian.close()
+            await step("the guardian", guardian.close, logs)
             remove_agent_record(self.paths, os.getpid())
             logs.agent("stopped")
             logs.close()
@@ -395,6 +399,16 @@ class Agent(AdminControls, MeshPeering):
                 loop.remove_signal_handler(signum)
             lock.close()
         return 0
+
+    @staticmethod
+    async def _shutdown_step(what: str, stop: Callable[[], object], logs: LogSink) -> None:
+        """One step of the shutdown: awaited if it is a coroutine; a failure is logged, not raised."""
+        try:
+            result = stop()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as error:
+            logs.agent(f"stopping {what} failed: {error!r}", level="error", event="shutdown_failed")
 
     def _lock(self) -> IO[bytes]:
         """Hold `.devmesh/agent.lock` for the agent's life: a second agent for the project fails at once.
@@ -657,7 +671,7 @@ class Agent(AdminControls, MeshPeering):
     async def _start_dataplane(self, config: MeshConfig, logs: LogSink) -> None:
         """`--engine nginx`: nginx serves [proxy] listen with the route table, applied on every change."""
         from devmesh.dataplane.engine import NginxEngine
-        from devmesh.dataplane.results import EngineError
+        from devmesh.dataplane.results import ApplyResult, EngineError
         from devmesh.dataplane.sync import DataplaneSync
         from devmesh.export.model import from_status
 
@@ -666,9 +680,31 @@ class Agent(AdminControls, MeshPeering):
         def build() -> tuple[RouteModel, str]:
             services = [entry.model_dump(mode="json") for entry in self.status().services]
             model = from_status(services, self.loaded.config, mesh_name=self.loaded.mesh_name)
-            applied = self.hub_link.applied if self.hub_link is not None else None
+            # A label for logs and the status only: the engine reloads when the rendered table changes,
+            # not when this id does (it changes with every snapshot).
+            hub = self.hub_link.current if self.hub_link is not None else None
             local = f"local-{self.state.snapshot.revision}"
-            return model, f"hub-{applied.revision[:12]}-{local}" if applied is not None else local
+            return model, f"hub-{hub.revision[:12]}-{local}" if hub is not None else local
+
+        def on_result(result: ApplyResult) -> None:
+            """A refusal of a table that changed here (services, health, peers; not a new revision, whose
+            refusal the hub link reports) while a hub revision is in force: said plainly, as the hub
+            still shows that revision as applied."""
+            link = self.hub_link
+            applied = link.applied if link is not None else None
+            if result.status != "rejected" or self._settling_dataplane or applied is None:
+                return
+            if link is not None and link.current is not applied:  # a revision being applied: its own
+                return
+            serving = result.live_revision_id or "nothing"
+            logs.agent(
+                f"nginx refused the route table after a change on this agent, with hub revision "
+                f"{applied.revision[:12]} in force (the revision itself was applied); {serving} serves",
+                component="nginx",
+                level="error",
+                event="dataplane_rejected",
+                revision=applied.revision,
+            )
 
         try:
             engine = NginxEngine.for_project(
@@ -678,7 +714,10 @@ class Agent(AdminControls, MeshPeering):
                 access_log=str(self.paths.log_dir / "nginx-access.log"),
             )
             self.dataplane = DataplaneSync(
-                engine, build=build, log=lambda message: logs.agent(message, component="nginx")
+                engine,
+                build=build,
+                log=lambda message: logs.agent(message, component="nginx"),
+                on_result=on_result,  # drift needs no more than the sync's own log: it is repaired
             )
             first = await self.dataplane.start()
         except EngineError as error:
@@ -693,7 +732,11 @@ class Agent(AdminControls, MeshPeering):
         serves it, else why it was refused (the previous config still serves)."""
         if self.dataplane is None:
             return None
-        result = await self.dataplane.apply_now()
+        self._settling_dataplane = True
+        try:
+            result = await self.dataplane.apply_now()
+        finally:
+            self._settling_dataplane = False
         return None if result.ok else (result.details or result.summary())
 
     def _start_remote_probes(self, logs: LogSink) -> None:
@@ -726,6 +769,23 @@ class Agent(AdminControls, MeshPeering):
             if url is not None:
                 env[f"DEVMESH_{name.upper().replace('-', '_')}_URL"] = url
         return env
+
+
+def _awaiter(task: asyncio.Task[None]) -> Callable[[], Awaitable[None]]:
+    """Awaiting a cancelled background task: its cancellation is what was asked for."""
+
+    async def wait() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return wait
+
+
+def _in_thread(work: Callable[[], object]) -> Callable[[], Awaitable[object]]:
+    async def run() -> object:
+        return await asyncio.to_thread(work)
+
+    return run
 
 
 def run_agent(

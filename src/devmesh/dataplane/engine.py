@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -169,7 +170,10 @@ class NginxEngine:
     async def _run(self, work: Callable[[], T]) -> T:
         if self._closed:
             raise EngineError("the nginx engine is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        except OSError as error:  # a file under the prefix, a signal to the master: said, not raised raw
+            raise EngineError(f"nginx engine: {error}") from error
 
     # -- the operations, on the engine's thread --------------------------------------------------------
 
@@ -181,12 +185,13 @@ class NginxEngine:
         except ExportError as error:
             return self._rejected(revision_id, "", "render", str(error), started)
         good = self._good
-        if (
-            good is not None
-            and good.config_hash == config_hash
-            and good.revision_id == revision_id
-            and not self._drift().drifted
-        ):
+        # The rendered route table decides, not the id: the agent's id names the snapshot and the hub
+        # revision, which change on every health flip, and the same table needs no `nginx -t` nor reload.
+        if good is not None and good.config_hash == config_hash and not self._drift().drifted:
+            if good.revision_id != revision_id:
+                # The live file keeps its token (and its control server the old id); logs and the status
+                # say the id the agent gave last.
+                self._good = dataclasses.replace(good, model=model, revision_id=revision_id)
             return ApplyResult("unchanged", revision_id, config_hash, live_revision_id=revision_id)
         return self._install(model, self.listen, revision_id, config_hash, started)
 
@@ -348,13 +353,18 @@ class NginxEngine:
     def _go_live(self, token: Token) -> str | None:
         """The tested candidate becomes nginx.conf and is loaded; None once its token answers, else why not."""
         mark = self.error_log.mark()
-        os.replace(self.candidate_path, self.config_path)
+        try:
+            os.replace(self.candidate_path, self.config_path)
+        except OSError as error:
+            raise EngineError(f"cannot make {self.candidate_path} nginx's config: {error}") from None
         self._written[self.config_path] = self._written.pop(self.candidate_path)
         process = self._process
         old_workers: set[int] = set()
         if process is not None and process.poll() is None:
             old_workers = set(self._accepting_workers())
-            os.kill(process.pid, signal.SIGHUP)
+            # A master that died just now: `_confirm` sees it gone and says so.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGHUP)
         else:
             self._spawn()
         return self._confirm(token, mark, old_workers)
@@ -517,8 +527,11 @@ class NginxEngine:
 
     def _write(self, path: Path, text: str) -> None:
         temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        try:
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, path)
+        except OSError as error:
+            raise EngineError(f"cannot write {path}: {error}") from None
         self._written[path] = _sha256(text)
 
     def _keep_rejected(self, text: str, why: str) -> None:

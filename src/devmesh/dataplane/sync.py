@@ -12,12 +12,11 @@ reports it, leaving a hand edit in place until the next apply replaces it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Literal, Protocol
 
 from devmesh.dataplane.results import ApplyResult, DriftReport, EngineError
-from devmesh.export.model import ExportError, RouteModel
+from devmesh.export.model import RouteModel
 
 __all__ = ["DRIFT_POLICIES", "DataplaneSync", "Engine"]
 
@@ -80,13 +79,21 @@ class DataplaneSync:
         self._wake.set()
 
     async def close(self) -> None:
+        """Stop the loops, then the engine (nginx) whatever happened to them; never raises."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as error:  # a loop that died of something unexpected: said, not raised
+                self._log(f"nginx: a data plane task had failed: {error!r}")
         self._tasks = []
-        await self.engine.close()
+        try:
+            await self.engine.close()
+        except Exception as error:
+            self._log(f"nginx: stopping the data plane failed: {error!r}")
 
     # -- the loops -------------------------------------------------------------------------------------
 
@@ -99,6 +106,8 @@ class DataplaneSync:
                 await self.apply_now()
             except EngineError as error:
                 self._log(f"nginx: {error}")
+            except Exception as error:  # whatever it was, the next change is applied again
+                self._log(f"nginx: applying the route table failed: {error!r}")
 
     async def _watch_drift(self) -> None:
         while True:
@@ -107,6 +116,8 @@ class DataplaneSync:
                 await self.check_once()
             except EngineError as error:
                 self._log(f"nginx: drift check failed: {error}")
+            except Exception as error:  # the next check runs all the same
+                self._log(f"nginx: drift check failed: {error!r}")
 
     async def check_once(self) -> DriftReport:
         """One drift check, reported, and repaired under the "repair" policy."""
@@ -117,7 +128,10 @@ class DataplaneSync:
         action = "repairing" if self.drift_policy == "repair" else "left as is ([engine] drift = report)"
         self._log(f"nginx: drift: {report.describe()}; {action}")
         if self._on_drift is not None:
-            self._on_drift(report)
+            try:
+                self._on_drift(report)
+            except Exception as error:  # a failing hook must not stop the repair
+                self._log(f"nginx: the on_drift hook failed: {error!r}")
         if self.drift_policy == "repair":
             self._record(await self.engine.repair())
         return report
@@ -126,7 +140,7 @@ class DataplaneSync:
         """Apply the route table as it is now (the agent's hub link waits on this for a revision)."""
         try:
             model, revision_id = self._build()
-        except ExportError as error:
+        except ValueError as error:  # an ExportError, or a value the model could not read
             raise EngineError(f"the route table cannot be built: {error}") from None
         result = await self.engine.apply(model, revision_id)
         self._record(result)
