@@ -12,7 +12,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,18 @@ def bootstrap(db_url: str, cwd: Path) -> None:
         "--db", db_url, cwd=cwd, stdin=ADMIN_PASSWORD + "\n",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+@contextlib.contextmanager
+def running_hub(folder: Path) -> Iterator[HubProcess]:
+    """A hub on SQLite in `folder`, with the admin of `bootstrap`, stopped at the end."""
+    url = f"sqlite:///{folder / 'hub.db'}"
+    bootstrap(url, folder)
+    process = HubProcess(url, folder).start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 def login(base: str, username: str = ADMIN, password: str = ADMIN_PASSWORD) -> str:

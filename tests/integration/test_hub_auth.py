@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.kit import ADMIN, WORKSPACE, HubProcess, api, bootstrap, cli, login
+from hub.kit import ADMIN, WORKSPACE, HubProcess, api, cli, login, running_hub
 from support import wait_for
 
 VALUES = {"workspace": WORKSPACE, "agent_id": "0" * 32, "token_id": "1", "key_id": "1"}
@@ -17,13 +17,8 @@ VALUES = {"workspace": WORKSPACE, "agent_id": "0" * 32, "token_id": "1", "key_id
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[HubProcess]:
-    url = f"sqlite:///{tmp_path / 'hub.db'}"
-    bootstrap(url, tmp_path)
-    process = HubProcess(url, tmp_path).start()
-    try:
+    with running_hub(tmp_path) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def operations(base: str) -> list[tuple[str, str]]:

@@ -9,20 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from hub.kit import ADMIN, ADMIN_PASSWORD, WORKSPACE, HubProcess, ProtoAgent, api, bootstrap, cli
+from hub.kit import ADMIN, ADMIN_PASSWORD, WORKSPACE, HubProcess, ProtoAgent, api, cli, running_hub
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[HubProcess]:
-    url = f"sqlite:///{tmp_path / 'hub.db'}"
-    bootstrap(url, tmp_path)
-    process = HubProcess(url, tmp_path).start()
-    try:
+    with running_hub(tmp_path) as process:
         yield process
-    finally:
-        process.stop()
 
 
 async def test_the_hub_commands(hub: HubProcess, tmp_path: Path) -> None:

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from hub.kit import ADMIN, ADMIN_PASSWORD, WORKSPACE, HubProcess, api, bootstrap, login, new_agent
+from hub.kit import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    WORKSPACE,
+    HubProcess,
+    api,
+    login,
+    new_agent,
+    running_hub,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -25,13 +34,8 @@ pytestmark = [
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[HubProcess]:
-    url = f"sqlite:///{tmp_path / 'hub.db'}"
-    bootstrap(url, tmp_path)
-    process = HubProcess(url, tmp_path).start()
-    try:
+    with running_hub(tmp_path) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_the_console_shows_agents_rollout_and_audit(hub: HubProcess) -> None:
