@@ -41,6 +41,7 @@ AGENT_START_TIMEOUT_S = 15.0
 # them down, but no longer than this.
 ADMIN_START_DELAY_MAX_S = 2.0
 AGENT_STOP_TIMEOUT_S = 30.0
+AGENT_START_WAIT_S = 15.0  # `devmesh down` waits this long for a starting agent to write agent.json
 ADMIN_REQUEST_TIMEOUT_S = 5.0
 LOG_FILE_MAX_BYTES = 20 * 1024 * 1024
 LOG_LINE_MAX_BYTES = 64 * 1024

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,33 @@ def read_agent_record(paths: StatePaths) -> AgentRecord | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return record if record.alive() else None
+
+
+def agent_starting(paths: StatePaths) -> bool:
+    """Whether an agent holds `.devmesh/agent.lock` (it takes the lock first thing; `agent.json` comes
+    once its admin API answers, seconds later)."""
+    try:
+        handle = (paths.root / "agent.lock").open("rb")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def wait_for_agent_record(paths: StatePaths, timeout_s: float) -> AgentRecord | None:
+    """The record of the agent that is starting, once it is written (None: no agent after all)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = read_agent_record(paths)
+        if record is not None or not agent_starting(paths):
+            return record
+        time.sleep(0.05)
+    return read_agent_record(paths)
 
 
 def remove_agent_record(paths: StatePaths, pid: int) -> None:

@@ -337,12 +337,21 @@ def down(ctx: click.Context) -> None:
     import psutil
 
     from devmesh import const
-    from devmesh.agent.paths import StatePaths, read_agent_record
+    from devmesh.agent.paths import StatePaths, agent_starting, read_agent_record, wait_for_agent_record
     from devmesh.supervisor.reaper import reap_project
 
     project_dir = _project_dir(ctx)
     paths = StatePaths(project_dir)
     record = read_agent_record(paths)
+    if record is None and agent_starting(paths):
+        # An agent still starting (its services not healthy yet: `up --detach` may have given up on
+        # it) writes agent.json once its admin API answers: wait for it rather than miss it.
+        record = wait_for_agent_record(paths, const.AGENT_START_WAIT_S)
+        if record is None and agent_starting(paths):
+            _fail(
+                f"an agent is starting here (it holds {paths.root / 'agent.lock'}) but did not say where it "
+                f"runs within {const.AGENT_START_WAIT_S:g}s; run `devmesh down` again"
+            )
     if record is None:
         leftovers = reap_project(project_dir)
         if leftovers:
