@@ -18,16 +18,19 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from support import free_port
 
 HEARTBEAT_S = 0.5
 
@@ -242,3 +245,14 @@ class HubDouble:
             if record.socket is not None:
                 with contextlib.suppress(Exception):
                     await record.socket.close(code=1012, reason="hub restarting")
+
+
+@pytest.fixture
+def hub() -> Iterator[HubDouble]:
+    """A hub double on a free port, for a test's agents."""
+    double = HubDouble(free_port())
+    double.start()
+    try:
+        yield double
+    finally:
+        double.stop()

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from hub_double import HubDouble
+from hub_double import HubDouble, hub
 
 from devmesh.dataplane.binary import find_nginx
 from devmesh.dataplane.results import EngineError
 from support import TINY_COMMAND, Project, free_port, http, running_agent, wait_for
+
+__all__ = ["hub"]  # the fixture
 
 pytestmark = pytest.mark.slow
 
@@ -29,16 +30,6 @@ def _nginx_or_skip() -> None:
         find_nginx()
     except EngineError as error:
         pytest.skip(f"no nginx here: {error}")
-
-
-@pytest.fixture
-def hub() -> Iterator[HubDouble]:
-    double = HubDouble(free_port())
-    double.start()
-    try:
-        yield double
-    finally:
-        double.stop()
 
 
 def write_project(project: Project, *, extra: str = "") -> int:

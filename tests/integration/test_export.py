@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from support import TINY_COMMAND, Project, devmesh, free_port, http, running_agent, wait_for
+from support import TINY_COMMAND, Project, devmesh, free_port, http, running_agent, serving, wait_for
 
 
 class _Echo(BaseHTTPRequestHandler):
@@ -57,14 +57,8 @@ class _Echo(BaseHTTPRequestHandler):
 def echo_backend(name: str) -> Iterator[int]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     server.name = name  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(server) as port:
+        yield port
 
 
 @contextlib.contextmanager

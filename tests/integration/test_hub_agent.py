@@ -6,26 +6,17 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_double import HubDouble
+from hub_double import HubDouble, hub
 
 from support import TINY_COMMAND, Project, devmesh, free_port, http, running_agent, wait_for
 
+__all__ = ["hub"]  # the fixture
+
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def hub() -> Iterator[HubDouble]:
-    double = HubDouble(free_port())
-    double.start()
-    try:
-        yield double
-    finally:
-        double.stop()
 
 
 def write_project(project: Project, *, extra: str = "") -> int:

@@ -27,7 +27,7 @@ from devmesh.dataplane import DataplaneSync, DriftReport, EngineError, NginxEngi
 from devmesh.dataplane.binary import NginxBinary, find_nginx
 from devmesh.dataplane.control import live_token
 from devmesh.export.model import PathRoute, RouteModel, from_config
-from support import free_port, http, wait_for
+from support import free_port, http, serving, wait_for
 
 
 class _Named(BaseHTTPRequestHandler):
@@ -57,14 +57,8 @@ class _Server(ThreadingHTTPServer):
 def backend(name: str) -> Iterator[int]:
     server = _Server(("127.0.0.1", 0), _Named)
     server.name = name  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(server) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
