@@ -54,6 +54,7 @@ from devmesh.config.errors import ConfigError
 from devmesh.config.revision import load_with_revision, revision_hash
 from devmesh.config.units import Address, parse_address
 from devmesh.mesh.snapshot import Health
+from devmesh.tasks import stop_tasks
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
@@ -199,17 +200,12 @@ class HubLink:
 
     async def close(self) -> None:
         """End the session and the applier; never raises (the agent's shutdown goes on after it)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception as error:  # a task that died earlier: said here, not raised into the shutdown
-                self._logs.agent(
-                    f"hub {self.url}: the link had failed: {error!r}", component="hub", level="error"
-                )
+        await stop_tasks(
+            self._tasks,
+            lambda error: self._logs.agent(
+                f"hub {self.url}: the link had failed: {error!r}", component="hub", level="error"
+            ),
+        )
         self._tasks = []
         self.connected = False
 

@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 
 from devmesh.dataplane.results import ApplyResult, DriftReport, EngineError
 from devmesh.export.model import RouteModel
+from devmesh.tasks import stop_tasks
 
 __all__ = ["DRIFT_POLICIES", "DataplaneSync", "Engine"]
 
@@ -80,15 +81,9 @@ class DataplaneSync:
 
     async def close(self) -> None:
         """Stop the loops, then the engine (nginx) whatever happened to them; never raises."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception as error:  # a loop that died of something unexpected: said, not raised
-                self._log(f"nginx: a data plane task had failed: {error!r}")
+        await stop_tasks(
+            self._tasks, lambda error: self._log(f"nginx: a data plane task had failed: {error!r}")
+        )
         self._tasks = []
         try:
             await self.engine.close()

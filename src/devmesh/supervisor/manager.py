@@ -404,33 +404,26 @@ class Supervisor:
         elif port is None and spec.command is not None:
             port = self._ports.allocate()
         if origin is Origin.LOCAL and served_elsewhere(spec):
-            return RemoteRunner(
-                name,
-                spec,
-                port=None,
-                project_dir=self._project_dir,
-                owner=self._owner,
-                logs=self._logs,
-                on_change=self._on_change,
-                base_env=self._base_env,
-                origin=Origin.REMOTE if spec.remote is not None else Origin.PEER,
-            )
+            remote_or_peer = Origin.REMOTE if spec.remote is not None else Origin.PEER
+            return self._new_runner(RemoteRunner, name, spec, port=None, origin=remote_or_peer)
         if reported is not None:
             ready, detail = reported
-            return ReportedRunner(
-                name,
-                spec,
-                ready=ready,
-                detail=detail,
-                port=port,
-                project_dir=self._project_dir,
-                owner=self._owner,
-                logs=self._logs,
-                on_change=self._on_change,
-                base_env=self._base_env,
-                origin=origin,
+            return self._new_runner(
+                ReportedRunner, name, spec, port=port, origin=origin, ready=ready, detail=detail
             )
-        return ServiceRunner(
+        return self._new_runner(ServiceRunner, name, spec, port=port, origin=origin)
+
+    def _new_runner(
+        self,
+        kind: type[ServiceRunner],
+        name: str,
+        spec: ServiceSection,
+        *,
+        port: int | None,
+        origin: Origin,
+        **extra: Any,
+    ) -> ServiceRunner:
+        return kind(
             name,
             spec,
             port=port,
@@ -440,6 +433,7 @@ class Supervisor:
             on_change=self._on_change,
             base_env=self._base_env,
             origin=origin,
+            **extra,
         )
 
 
