@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from devmesh.routing.table import LOCAL_ORIGINS as ROUTER_LOCAL_ORIGINS
+
 if TYPE_CHECKING:
     from rich.text import Text
     from rich.tree import Tree
@@ -23,7 +25,8 @@ if TYPE_CHECKING:
 NodeKind = Literal["service", "peer", "remote"]
 EdgeKind = Literal["depends_on", "serves", "fallback"]
 
-LOCAL_ORIGINS = ("local", "registered", "docker", "kubernetes")
+# The status document's origins that are "here" (the router's own list; Origin is a StrEnum).
+LOCAL_ORIGINS = frozenset(str(origin) for origin in ROUTER_LOCAL_ORIGINS)
 UNKNOWN = "unknown"
 
 
