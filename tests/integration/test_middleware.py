@@ -270,7 +270,7 @@ def test_django_example_under_runserver() -> None:
 def test_fastapi_example_under_a_real_agent(project: Project) -> None:
     shutil.copytree(FRAMEWORKS / "fastapi_app", project.root, dirs_exist_ok=True)
     project.write('[proxy]\nadmin = "127.0.0.1:0"\nlisten = "127.0.0.1:0"\n', name="devmesh.local.toml")
-    (project.root / "index.txt").write_text("served by files\n", encoding="utf-8")
+    (project.root / "public" / "index.txt").write_text("served by files\n", encoding="utf-8")
     with running_agent(project, env={"PATH": VENV_PATH}) as agent:
         document = agent.wait_healthy("web", "files", timeout=60)
         proxy_port = int(document["agent"]["listen"].rsplit(":", 1)[1])
